@@ -1,0 +1,155 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+)
+
+// File is one configuration file, named by its path (or KV key).
+type File struct {
+	Name    string
+	Content []byte
+}
+
+// Status tells which files are in force and which were rejected.
+type Status struct {
+	Files    []FileStatus `json:"files"`
+	Rejected []Rejection  `json:"rejected"`
+}
+
+// FileStatus is one accepted file.
+type FileStatus struct {
+	Name string `json:"name"`
+	// Hash is the content hash of the version in force.
+	Hash string `json:"hash"`
+	// Stale is true when a newer version of the file was rejected and this
+	// (older) version keeps serving.
+	Stale bool `json:"stale,omitempty"`
+}
+
+// Rejection is a file version that was refused, with why.
+type Rejection struct {
+	Name        string          `json:"name"`
+	Hash        string          `json:"hash"`
+	Diagnostics hcl.Diagnostics `json:"-"`
+	// Source is the rejected content, kept to quote offending lines.
+	Source []byte    `json:"-"`
+	At     time.Time `json:"at"`
+}
+
+// DiagnosticsJSON renders the rejection's diagnostics.
+func (r Rejection) DiagnosticsJSON() []Diagnostic {
+	return DiagnosticsJSON(r.Diagnostics, map[string][]byte{r.Name: r.Source})
+}
+
+// Text renders the rejection's diagnostics for humans.
+func (r Rejection) Text() string {
+	return FormatDiagnostics(r.Diagnostics, map[string][]byte{r.Name: r.Source})
+}
+
+// Parse decodes a complete set of files with no history: any error in any
+// file is returned (this is what `bowline validate` uses).
+func Parse(files []File) (*Config, hcl.Diagnostics) {
+	l := newLoader()
+	var diags hcl.Diagnostics
+	for _, f := range files {
+		_, d := l.decode(f)
+		diags = append(diags, d...)
+	}
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	cfg, d := assemble(l.fragments(files))
+	return cfg, append(diags, d...)
+}
+
+type accepted struct {
+	hash string
+	frag *fragment
+}
+
+// loader keeps the last good version of every file.
+type loader struct {
+	parser *hclparse.Parser
+	good   map[string]accepted
+}
+
+func newLoader() *loader {
+	return &loader{parser: hclparse.NewParser(), good: map[string]accepted{}}
+}
+
+func hashOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:8])
+}
+
+func (l *loader) decode(f File) (*fragment, hcl.Diagnostics) {
+	l.parser = hclparse.NewParser() // the parser caches by name; content may have changed
+	file, diags := parseFile(l.parser, f.Name, f.Content)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	frag, d := decodeFile(file)
+	return frag, append(diags, d...)
+}
+
+func (l *loader) fragments(files []File) map[string]*fragment {
+	out := map[string]*fragment{}
+	for _, f := range files {
+		frag, diags := l.decode(f)
+		if !diags.HasErrors() {
+			out[f.Name] = frag
+		}
+	}
+	return out
+}
+
+// assemble merges fragments (ordered by file name) into a Config and runs the
+// checks that span files.
+func assemble(frags map[string]*fragment) (*Config, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
+	cfg := &Config{Mesh: Mesh{TrustDomain: DefaultTrustDomain}}
+	var meshRange *hcl.Range
+	services := map[string]*ServiceDecl{}
+	for _, name := range slices.Sorted(maps.Keys(frags)) {
+		fr := frags[name]
+		if fr.mesh != nil {
+			if meshRange != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate mesh block",
+					Detail: fmt.Sprintf("The mesh is already configured at %s.", meshRange), Subject: fr.mesh.DeclRange.Ptr()})
+			} else {
+				meshRange = &fr.mesh.DeclRange
+				cfg.Mesh = *fr.mesh
+				if cfg.Mesh.TrustDomain == "" {
+					cfg.Mesh.TrustDomain = DefaultTrustDomain
+				}
+			}
+		}
+		if fr.consul != nil {
+			if cfg.Consul != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate consul block",
+					Detail: fmt.Sprintf("Consul is already configured at %s.", cfg.Consul.DeclRange), Subject: fr.consul.DeclRange.Ptr()})
+			} else {
+				cfg.Consul = fr.consul
+			}
+		}
+		for _, s := range fr.services {
+			key := s.Namespace + "/" + s.Name
+			if prev, dup := services[key]; dup {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate service",
+					Detail: fmt.Sprintf("Service %s is already declared at %s.", key, prev.DeclRange), Subject: s.DeclRange.Ptr()})
+				continue
+			}
+			services[key] = s
+			cfg.Services = append(cfg.Services, s)
+		}
+	}
+	return cfg, diags
+}

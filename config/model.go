@@ -1,0 +1,78 @@
+// Package config loads Bowline's HCL configuration: mesh settings, services
+// declared by hand (the file registry), registry connections and, as the mesh
+// grows, traffic and policy rules.
+//
+// Files come from one or more FileSources (a directory, Consul KV). Each file
+// is decoded on its own into typed structs that keep their hcl.Range; every
+// problem is an hcl.Diagnostic naming file, line and column. A file that fails
+// is rejected whole and its last valid version keeps serving, so a typo never
+// takes configuration away from the mesh.
+package config
+
+import (
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Config is one valid, complete configuration. Never modify a published one.
+type Config struct {
+	// Version is a content hash of the accepted files.
+	Version  string
+	Mesh     Mesh
+	Services []*ServiceDecl
+	Consul   *ConsulDecl
+	// Status describes which files are in force and which were rejected.
+	Status Status
+}
+
+// DefaultTrustDomain is used when the mesh block sets none.
+const DefaultTrustDomain = "bowline.local"
+
+// Mesh holds mesh-wide settings (the `mesh` block).
+type Mesh struct {
+	TrustDomain string
+	DeclRange   hcl.Range
+}
+
+// ServiceDecl is a service declared in HCL (the `service` block), served by
+// the built-in file registry.
+type ServiceDecl struct {
+	Name      string
+	Namespace string
+	Protocol  string
+	Labels    map[string]string
+	Endpoints []*EndpointDecl
+	Upstreams []*UpstreamDecl
+	DeclRange hcl.Range
+}
+
+// EndpointDecl is one `endpoint` block of a service.
+type EndpointDecl struct {
+	Address     string
+	Port        uint32
+	Labels      map[string]string
+	Health      string
+	SidecarPort uint32
+	Region      string
+	Zone        string
+	Weight      uint32
+	DeclRange   hcl.Range
+}
+
+// UpstreamDecl is one `upstream` block: a service the workload calls through
+// its sidecar on a local port.
+type UpstreamDecl struct {
+	Name      string
+	Namespace string
+	LocalPort uint32
+	DeclRange hcl.Range
+}
+
+// ConsulDecl is the `consul` block that enables the Consul adapter.
+type ConsulDecl struct {
+	Address    string
+	Token      string
+	Datacenter string
+	// KVPrefix, when set, makes Consul KV a configuration source.
+	KVPrefix  string
+	DeclRange hcl.Range
+}

@@ -1,0 +1,4 @@
+# Mesh-wide settings.
+mesh {
+  trust_domain = "bowline.local"
+}

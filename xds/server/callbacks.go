@@ -1,0 +1,167 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bowlinemesh/bowline/xds/translate"
+)
+
+// callbacks implements go-control-plane's server callbacks on Server. They
+// run on the stream goroutines, before the cache is asked for a watch, so a
+// proxy's snapshot is in place by the time its first request is answered.
+type callbacks Server
+
+var _ serverv3.Callbacks = (*callbacks)(nil)
+
+func (c *callbacks) OnStreamOpen(_ context.Context, id int64, _ string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streams[id] = &stream{}
+	return nil
+}
+
+func (c *callbacks) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streams[id] = &stream{delta: true, sent: map[string]string{}}
+	return nil
+}
+
+func (c *callbacks) OnStreamClosed(id int64, _ *core.Node)      { c.closeStream(id) }
+func (c *callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) { c.closeStream(id) }
+
+func (c *callbacks) closeStream(id int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.streams[id]
+	delete(c.streams, id)
+	if !ok || st.nodeID == "" {
+		return
+	}
+	p, ok := c.proxies[st.nodeID]
+	if !ok {
+		return
+	}
+	p.streams--
+	if p.streams <= 0 {
+		delete(c.proxies, st.nodeID)
+		c.cache.ClearSnapshot(st.nodeID)
+		c.metrics.connected.Set(float64(len(c.proxies)))
+		c.log.Info("proxy disconnected", "proxy", st.nodeID)
+	}
+}
+
+// attach registers the stream's proxy on its first request.
+func (c *callbacks) attach(id int64, node *core.Node, delta bool) (*proxy, error) {
+	st, ok := c.streams[id]
+	if !ok {
+		st = &stream{delta: delta, sent: map[string]string{}}
+		c.streams[id] = st
+	}
+	if st.nodeID != "" {
+		if p, ok := c.proxies[st.nodeID]; ok {
+			return p, nil
+		}
+	}
+	if node.GetId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "xds: the node has no id")
+	}
+	spec, err := ProxyFromNode(node)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("xds: node %s: %v", node.GetId(), err))
+	}
+	st.nodeID = node.GetId()
+	p, ok := c.proxies[st.nodeID]
+	if !ok {
+		p = newProxy(st.nodeID, spec, node.GetUserAgentName(), delta)
+		c.proxies[st.nodeID] = p
+		c.metrics.connected.Set(float64(len(c.proxies)))
+		c.log.Info("proxy connected", "proxy", p.id, "kind", spec.Kind, "service", spec.Service, "delta", delta)
+		(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+	}
+	p.streams++
+	return p, nil
+}
+
+func (c *callbacks) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.attach(id, req.GetNode(), false)
+	if err != nil {
+		return err
+	}
+	c.observe(p, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	if req.GetTypeUrl() == resourcev3.ListenerType && p.spec.Kind == translate.KindGRPC && len(req.GetResourceNames()) > 0 {
+		if p.setListeners(req.GetResourceNames()) {
+			(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+		}
+	}
+	return nil
+}
+
+func (c *callbacks) OnStreamResponse(context.Context, int64, *discoverypb.DiscoveryRequest, *discoverypb.DiscoveryResponse) {
+}
+
+func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoverypb.DeltaDiscoveryRequest) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.attach(id, req.GetNode(), true)
+	if err != nil {
+		return err
+	}
+	version := ""
+	if st := c.streams[id]; st != nil && req.GetResponseNonce() != "" {
+		version = st.sent[req.GetResponseNonce()]
+		delete(st.sent, req.GetResponseNonce())
+	}
+	c.observe(p, req.GetTypeUrl(), req.GetResponseNonce(), version, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	if req.GetTypeUrl() == resourcev3.ListenerType && p.spec.Kind == translate.KindGRPC && len(req.GetResourceNamesSubscribe()) > 0 {
+		names := append(append([]string{}, p.spec.Listeners...), req.GetResourceNamesSubscribe()...)
+		if p.setListeners(names) {
+			(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+		}
+	}
+	return nil
+}
+
+func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discoverypb.DeltaDiscoveryRequest, resp *discoverypb.DeltaDiscoveryResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.streams[id]; st != nil {
+		st.sent[resp.GetNonce()] = resp.GetSystemVersionInfo()
+	}
+}
+
+func (c *callbacks) OnFetchRequest(context.Context, *discoverypb.DiscoveryRequest) error { return nil }
+func (c *callbacks) OnFetchResponse(*discoverypb.DiscoveryRequest, *discoverypb.DiscoveryResponse) {
+}
+
+// observe records an ACK or a NACK.
+func (c *callbacks) observe(p *proxy, typeURL, nonce, version, errMsg string, nack bool) {
+	if nonce == "" {
+		return // a new subscription, not an answer
+	}
+	if nack {
+		p.lastNACK = &NACK{Type: typeNames[typeURL], Version: version, Error: errMsg, At: time.Now()}
+		c.metrics.nacks.WithLabelValues(typeNames[typeURL]).Inc()
+		c.log.Warn("proxy rejected configuration", "proxy", p.id, "type", typeNames[typeURL], "error", errMsg)
+		return
+	}
+	if version == "" {
+		return
+	}
+	p.acked[typeURL] = version
+	if pp, ok := p.pending[typeURL]; ok && pp.version == version {
+		c.metrics.pushLatency.Observe(time.Since(pp.since).Seconds())
+		delete(p.pending, typeURL)
+	}
+}

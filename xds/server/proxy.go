@@ -1,0 +1,127 @@
+package server
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/bowlinemesh/bowline/discovery"
+	"github.com/bowlinemesh/bowline/xds/translate"
+)
+
+// proxy is the server's record of one connected xDS client.
+type proxy struct {
+	id        string
+	spec      translate.Proxy
+	userAgent string
+	since     time.Time
+	streams   int
+	delta     bool
+
+	versions map[string]string // served, by type URL
+	acked    map[string]string
+	pending  map[string]pendingPush
+	lastNACK *NACK
+	buildErr string
+	services map[discovery.ServiceKey]struct{}
+	res      *translate.Resources
+}
+
+type pendingPush struct {
+	version string
+	since   time.Time
+}
+
+// NACK is a response a proxy rejected.
+type NACK struct {
+	Type    string    `json:"type"`
+	Version string    `json:"version"`
+	Error   string    `json:"error"`
+	At      time.Time `json:"at"`
+}
+
+// ProxyStatus is what the admin API shows of a proxy.
+type ProxyStatus struct {
+	ID             string            `json:"id"`
+	Kind           translate.Kind    `json:"kind"`
+	Service        string            `json:"service"`
+	Namespace      string            `json:"namespace"`
+	UserAgent      string            `json:"user_agent,omitempty"`
+	Protocol       string            `json:"protocol"`
+	ConnectedSince time.Time         `json:"connected_since"`
+	Streams        int               `json:"streams"`
+	Sent           map[string]string `json:"sent"`
+	Acked          map[string]string `json:"acked"`
+	LastNACK       *NACK             `json:"last_nack,omitempty"`
+	BuildError     string            `json:"build_error,omitempty"`
+}
+
+func newProxy(id string, spec translate.Proxy, userAgent string, delta bool) *proxy {
+	return &proxy{
+		id: id, spec: spec, userAgent: userAgent, since: time.Now(), delta: delta,
+		acked: map[string]string{}, pending: map[string]pendingPush{},
+	}
+}
+
+// key identifies the configuration a proxy receives: proxies with equal keys
+// share one translation.
+func (p *proxy) key() string {
+	var b strings.Builder
+	s := p.spec
+	fmt.Fprintf(&b, "%s|%s|%d|%d|%t|", s.Kind, s.Service, s.InboundPort, s.LocalPort, s.AllServices)
+	for _, u := range s.Upstreams {
+		fmt.Fprintf(&b, "%s:%d,", u.Service, u.LocalPort)
+	}
+	b.WriteByte('|')
+	b.WriteString(strings.Join(s.Listeners, ","))
+	return b.String()
+}
+
+// affectedBy reports whether a change to these services can change the
+// proxy's configuration.
+func (p *proxy) affectedBy(changed map[discovery.ServiceKey]struct{}) bool {
+	if p.spec.AllServices || p.services == nil {
+		return len(changed) > 0 || p.services == nil
+	}
+	if _, ok := changed[p.spec.Service]; ok {
+		return true // its own declarations (ports, upstreams) may have changed
+	}
+	for k := range changed {
+		if _, ok := p.services[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *proxy) status() ProxyStatus {
+	st := ProxyStatus{
+		ID: p.id, Kind: p.spec.Kind, Service: p.spec.Service.Name, Namespace: p.spec.Service.Namespace,
+		UserAgent: p.userAgent, Protocol: "sotw", ConnectedSince: p.since, Streams: p.streams,
+		Sent: map[string]string{}, Acked: map[string]string{}, LastNACK: p.lastNACK, BuildError: p.buildErr,
+	}
+	if p.delta {
+		st.Protocol = "delta"
+	}
+	for t, v := range p.versions {
+		st.Sent[typeNames[t]] = v
+	}
+	for t, v := range p.acked {
+		st.Acked[typeNames[t]] = v
+	}
+	return st
+}
+
+// setListeners records the listener names a gRPC client asked for; it
+// reports whether they changed.
+func (p *proxy) setListeners(names []string) bool {
+	names = slices.Clone(names)
+	slices.Sort(names)
+	names = slices.Compact(names)
+	if slices.Equal(names, p.spec.Listeners) {
+		return false
+	}
+	p.spec.Listeners = names
+	return true
+}

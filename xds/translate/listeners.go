@@ -1,0 +1,225 @@
+package translate
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+
+	"github.com/bowlinemesh/bowline/discovery"
+)
+
+// sidecar builds the listeners of an Envoy sidecar.
+func (b *builder) sidecar() error {
+	svc, _ := b.in.Catalog.Service(b.p.Service)
+	inbound, local := b.p.InboundPort, b.p.LocalPort
+	if svc != nil && (inbound == 0 || local == 0) {
+		if ep, ok := svc.SidecarEndpoint(); ok {
+			inbound = cmp0(inbound, ep.SidecarPort)
+			local = cmp0(local, ep.Port)
+		}
+	}
+	proto := discovery.ProtocolTCP
+	if svc != nil {
+		proto = svc.Protocol
+	}
+	if inbound != 0 && local != 0 {
+		b.res.Listeners = append(b.res.Listeners, buildInboundListener(inbound, proto))
+		b.res.Clusters = append(b.res.Clusters, buildLocalAppCluster(local, proto))
+	}
+
+	var upstreams []discovery.Upstream
+	if svc != nil {
+		upstreams = append(upstreams, svc.Upstreams...)
+	}
+	upstreams = append(upstreams, b.p.Upstreams...)
+	if b.p.AllServices {
+		for _, s := range b.in.Catalog.Services() {
+			b.use(s.ServiceKey)
+		}
+	}
+	seenPort := map[uint32]discovery.Upstream{}
+	for _, u := range upstreams {
+		if prev, dup := seenPort[u.LocalPort]; dup {
+			if prev != u {
+				return fmt.Errorf("translate: upstreams %s and %s of %s both use local port %d", prev.Service, u.Service, b.p.Service, u.LocalPort)
+			}
+			continue
+		}
+		seenPort[u.LocalPort] = u
+		us := b.use(u.Service)
+		b.res.Listeners = append(b.res.Listeners, buildOutboundListener(u, us.Protocol))
+	}
+	return nil
+}
+
+func cmp0(a, b uint32) uint32 {
+	if a != 0 {
+		return a
+	}
+	return b
+}
+
+// proxyless builds API listeners for the dial targets a gRPC client asked for
+// (or for every service).
+func (b *builder) proxyless() {
+	names := slices.Clone(b.p.Listeners)
+	if b.p.AllServices {
+		for _, s := range b.in.Catalog.Services() {
+			names = append(names, s.Name+"."+s.Namespace)
+			// A bare name resolves in the proxy's namespace (targetService).
+			if s.Namespace == b.namespace() {
+				names = append(names, s.Name)
+			}
+		}
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	for _, name := range names {
+		k, ok := b.targetService(name)
+		if !ok {
+			continue
+		}
+		b.use(k)
+		b.res.Listeners = append(b.res.Listeners, buildAPIListener(name, k))
+	}
+}
+
+// targetService maps a dial target (the listener name) to a service:
+// "name" is a service in the proxy's namespace (or "default"), and
+// "name.namespace" a service in that namespace when it exists.
+func (b *builder) targetService(target string) (discovery.ServiceKey, bool) {
+	if target == "" || strings.ContainsAny(target, "/:") {
+		return discovery.ServiceKey{}, false
+	}
+	if name, ns, ok := strings.Cut(target, "."); ok {
+		k := discovery.ServiceKey{Namespace: ns, Name: name}
+		if _, exists := b.in.Catalog.Service(k); exists {
+			return k, true
+		}
+		// The answer changes when k appears: depend on it.
+		b.deps[k] = true
+	}
+	return discovery.ServiceKey{Namespace: b.namespace(), Name: target}, true
+}
+
+// namespace is the proxy's namespace, "default" when it has none.
+func (b *builder) namespace() string {
+	if b.p.Service.Namespace == "" {
+		return discovery.DefaultNamespace
+	}
+	return b.p.Service.Namespace
+}
+
+func adsSource() *core.ConfigSource {
+	return &core.ConfigSource{
+		ResourceApiVersion:    core.ApiVersion_V3,
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+	}
+}
+
+func socketAddress(addr string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address:       addr,
+		PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// buildAPIListener is what proxyless gRPC asks for: an HTTP connection
+// manager without a socket, whose routes come over RDS.
+func buildAPIListener(name string, k discovery.ServiceKey) *listener.Listener {
+	m := &hcm.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: RouteName(k),
+		}},
+		HttpFilters: httpFilters(filterOptions{}),
+	}
+	return &listener.Listener{
+		Name:        name,
+		ApiListener: &listener.ApiListener{ApiListener: mustAny(m)},
+	}
+}
+
+// buildOutboundListener listens on the upstream's local port on loopback.
+func buildOutboundListener(u discovery.Upstream, proto discovery.Protocol) *listener.Listener {
+	name := OutboundListenerName(u)
+	var filter *listener.Filter
+	if proto.IsHTTP() {
+		filter = httpConnectionManager(name, &hcm.HttpConnectionManager{
+			RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+				ConfigSource:    adsSource(),
+				RouteConfigName: RouteName(u.Service),
+			}},
+		}, proto, filterOptions{})
+	} else {
+		filter = tcpProxy(name, ClusterName(u.Service))
+	}
+	return &listener.Listener{
+		Name:             name,
+		Address:          socketAddress("127.0.0.1", u.LocalPort),
+		TrafficDirection: core.TrafficDirection_OUTBOUND,
+		FilterChains:     []*listener.FilterChain{{Filters: []*listener.Filter{filter}}},
+	}
+}
+
+// buildInboundListener accepts mesh traffic on the sidecar port and forwards
+// it to the local application. Its filter chain is where TLS (SDS) and the
+// inbound policy filters (RBAC, ext_authz, rate limits) go.
+func buildInboundListener(port uint32, proto discovery.Protocol) *listener.Listener {
+	var filter *listener.Filter
+	if proto.IsHTTP() {
+		filter = httpConnectionManager(inboundListener, &hcm.HttpConnectionManager{
+			RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+				Name: inboundListener,
+				VirtualHosts: []*route.VirtualHost{{
+					Name:    inboundListener,
+					Domains: []string{"*"},
+					Routes:  []*route.Route{clusterRoute(localAppCluster, proto)},
+				}},
+			}},
+		}, proto, filterOptions{inbound: true})
+	} else {
+		filter = tcpProxy(inboundListener, localAppCluster)
+	}
+	return &listener.Listener{
+		Name:             inboundListener,
+		Address:          socketAddress("0.0.0.0", port),
+		TrafficDirection: core.TrafficDirection_INBOUND,
+		FilterChains: []*listener.FilterChain{{
+			Filters: []*listener.Filter{filter},
+			// TransportSocket: the mesh TLS context (SDS) goes here.
+		}},
+	}
+}
+
+func httpConnectionManager(statPrefix string, m *hcm.HttpConnectionManager, proto discovery.Protocol, opts filterOptions) *listener.Filter {
+	m.StatPrefix = statPrefix
+	m.CodecType = hcm.HttpConnectionManager_AUTO
+	m.HttpFilters = httpFilters(opts)
+	if proto.NeedsHTTP2() {
+		m.Http2ProtocolOptions = &core.Http2ProtocolOptions{}
+	}
+	// AccessLog: the access log service (policyd) goes here.
+	return &listener.Filter{
+		Name:       wellknown.HTTPConnectionManager,
+		ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(m)},
+	}
+}
+
+func tcpProxy(statPrefix, cluster string) *listener.Filter {
+	return &listener.Filter{
+		Name: wellknown.TCPProxy,
+		ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
+			StatPrefix:       statPrefix,
+			ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster},
+		})},
+	}
+}

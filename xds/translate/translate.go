@@ -1,0 +1,182 @@
+// Package translate turns a catalog snapshot and the configuration in force
+// into the Envoy resources of one proxy. It is made of pure functions: no I/O,
+// no clocks, and deterministic output (stable names, sorted resources), so its
+// results can be compared with golden files and shared between proxies that
+// would receive the same configuration.
+//
+// Two kinds of client are served: Envoy sidecars (an inbound listener in front
+// of the local application, outbound listeners on the local ports of the
+// upstreams the workload declares) and proxyless gRPC (API listeners named
+// after the dial targets xds:///<service> and xds:///<service>.<namespace>).
+//
+// One file per xDS type: listeners.go, routes.go, clusters.go, endpoints.go;
+// filters.go holds the HTTP filter chain with its places for later filters.
+package translate
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bowlinemesh/bowline/config"
+	"github.com/bowlinemesh/bowline/discovery"
+)
+
+// Kind is the kind of xDS client.
+type Kind string
+
+// The kinds of proxy Bowline programs.
+const (
+	KindSidecar Kind = "envoy"
+	KindGRPC    Kind = "grpc"
+)
+
+// Proxy describes one connected client, as far as translation cares.
+type Proxy struct {
+	Kind Kind
+	// Service is the workload the proxy fronts (sidecars) or runs in (gRPC).
+	Service discovery.ServiceKey
+	// InboundPort and LocalPort override the sidecar's inbound listener port
+	// and the local application's port; zero means "from the catalog".
+	InboundPort uint32
+	LocalPort   uint32
+	// Upstreams adds upstreams to those the service declares in the catalog.
+	Upstreams []discovery.Upstream
+	// AllServices makes the proxy receive every service of the mesh.
+	AllServices bool
+	// Listeners are the listener names a gRPC client asked for (its dial
+	// targets).
+	Listeners []string
+}
+
+// Input is everything translation reads.
+type Input struct {
+	Catalog *discovery.Snapshot
+	Config  *config.Config
+}
+
+// Resources is the translated configuration of one proxy, each list sorted by
+// resource name.
+type Resources struct {
+	Listeners []types.Resource
+	Routes    []types.Resource
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+	Secrets   []types.Resource
+	// Services lists the services the resources depend on, sorted.
+	Services []discovery.ServiceKey
+}
+
+// Resource names. They are stable and readable: they show in Envoy's stats
+// and admin pages.
+const (
+	localAppCluster = "local_app"
+	inboundListener = "inbound"
+)
+
+// ClusterName names the cluster (and its EDS resource) of a service.
+func ClusterName(k discovery.ServiceKey) string { return k.Namespace + "/" + k.Name }
+
+// RouteName names the route configuration for calls to a service.
+func RouteName(k discovery.ServiceKey) string { return k.Namespace + "/" + k.Name }
+
+// OutboundListenerName names a sidecar's outbound listener for an upstream.
+func OutboundListenerName(u discovery.Upstream) string {
+	return fmt.Sprintf("outbound|%d|%s", u.LocalPort, ClusterName(u.Service))
+}
+
+// Build translates the input into the resources of one proxy.
+func Build(in Input, p Proxy) (*Resources, error) {
+	b := &builder{in: in, p: p, services: map[discovery.ServiceKey]*discovery.Service{}, deps: map[discovery.ServiceKey]bool{}}
+	switch p.Kind {
+	case KindSidecar:
+		if err := b.sidecar(); err != nil {
+			return nil, err
+		}
+	case KindGRPC:
+		b.proxyless()
+	default:
+		return nil, fmt.Errorf("translate: unknown proxy kind %q", p.Kind)
+	}
+	for _, k := range sortedKeys(b.services) {
+		svc := b.services[k]
+		b.res.Clusters = append(b.res.Clusters, buildCluster(svc))
+		b.res.Endpoints = append(b.res.Endpoints, buildLoadAssignment(svc))
+		b.res.Routes = append(b.res.Routes, buildRouteConfig(svc))
+		b.res.Services = append(b.res.Services, k)
+	}
+	sortByName(b.res.Listeners)
+	sortByName(b.res.Routes)
+	sortByName(b.res.Clusters)
+	sortByName(b.res.Endpoints)
+	sortByName(b.res.Secrets)
+	for k := range b.deps {
+		if _, used := b.services[k]; !used {
+			b.res.Services = append(b.res.Services, k)
+		}
+	}
+	slices.SortFunc(b.res.Services, discovery.ServiceKey.Compare)
+	return &b.res, nil
+}
+
+type builder struct {
+	in       Input
+	p        Proxy
+	res      Resources
+	services map[discovery.ServiceKey]*discovery.Service
+	// deps are services the output depends on without using them (a dial
+	// target "name.namespace" that resolves elsewhere until the service
+	// appears).
+	deps map[discovery.ServiceKey]bool
+}
+
+// use records that the proxy needs a service's cluster, endpoints and routes.
+// Unknown services get an empty cluster so that listeners stay valid and the
+// proxy starts sending traffic as soon as the service appears.
+func (b *builder) use(k discovery.ServiceKey) *discovery.Service {
+	if svc, ok := b.services[k]; ok {
+		return svc
+	}
+	svc, ok := b.in.Catalog.Service(k)
+	if !ok {
+		svc = &discovery.Service{ServiceKey: k, Protocol: discovery.ProtocolTCP}
+	}
+	b.services[k] = svc
+	return svc
+}
+
+func sortedKeys(m map[discovery.ServiceKey]*discovery.Service) []discovery.ServiceKey {
+	keys := make([]discovery.ServiceKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, discovery.ServiceKey.Compare)
+	return keys
+}
+
+type named interface{ GetName() string }
+
+func resourceName(r types.Resource) string {
+	if n, ok := r.(named); ok {
+		return n.GetName()
+	}
+	if c, ok := r.(interface{ GetClusterName() string }); ok {
+		return c.GetClusterName()
+	}
+	return ""
+}
+
+func sortByName(rs []types.Resource) {
+	slices.SortStableFunc(rs, func(a, b types.Resource) int { return cmp.Compare(resourceName(a), resourceName(b)) })
+}
+
+// ResourceName returns the xDS name of a resource.
+func ResourceName(r types.Resource) string { return resourceName(r) }
+
+// Equal reports whether two resource lists are identical.
+func Equal(a, b []types.Resource) bool {
+	return slices.EqualFunc(a, b, func(x, y types.Resource) bool { return proto.Equal(x, y) })
+}
