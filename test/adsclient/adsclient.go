@@ -1,0 +1,323 @@
+// Package adsclient is a simulated Envoy: a real ADS client over gRPC that
+// subscribes the way Envoy does (CDS and LDS as wildcards, then EDS for the
+// clusters and RDS for the route configurations they name), applies what it
+// receives, and ACKs or NACKs every response. It speaks state-of-the-world
+// and delta xDS. Tests use it to check the server's protocol handling, and
+// the benchmarks to connect thousands of proxies.
+package adsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"sync"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Update reports one response the client applied (or rejected).
+type Update struct {
+	TypeURL string
+	Version string
+	Names   []string
+	NACKed  bool
+	Bytes   int
+}
+
+// Options configure a client.
+type Options struct {
+	Node  *core.Node
+	Delta bool
+	// Reject, when set, decides whether to NACK a response (return an error).
+	Reject func(typeURL string, resources []*anypb.Any) error
+	// Updates, when set, receives every applied response (it must not block for long).
+	Updates chan<- Update
+}
+
+// Client is one simulated proxy.
+type Client struct {
+	opts Options
+
+	mu        sync.Mutex
+	resources map[string]map[string]*anypb.Any // type -> name -> resource
+	versions  map[string]string
+	bytes     int64
+}
+
+// New returns a client; call Run to connect.
+func New(opts Options) *Client {
+	return &Client{opts: opts, resources: map[string]map[string]*anypb.Any{}, versions: map[string]string{}}
+}
+
+// Version returns the last applied version of a type.
+func (c *Client) Version(typeURL string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.versions[typeURL]
+}
+
+// Names returns the names of the resources held of a type, sorted.
+func (c *Client) Names(typeURL string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.resources[typeURL]))
+}
+
+// Resource returns one resource held.
+func (c *Client) Resource(typeURL, name string) (*anypb.Any, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.resources[typeURL][name]
+	return r, ok
+}
+
+// BytesReceived counts the resource bytes received.
+func (c *Client) BytesReceived() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
+// Run opens an ADS stream on conn and processes responses until ctx ends or
+// the stream fails.
+func (c *Client) Run(ctx context.Context, conn grpc.ClientConnInterface) error {
+	ads := discoverypb.NewAggregatedDiscoveryServiceClient(conn)
+	if c.opts.Delta {
+		return c.runDelta(ctx, ads)
+	}
+	return c.runSotW(ctx, ads)
+}
+
+// dependents returns the EDS and RDS names that clusters and listeners refer to.
+func dependents(typeURL string, rs map[string]*anypb.Any) (string, []string) {
+	var names []string
+	switch typeURL {
+	case resourcev3.ClusterType:
+		for _, a := range rs {
+			c := &cluster.Cluster{}
+			if a.UnmarshalTo(c) != nil || c.GetType() != cluster.Cluster_EDS {
+				continue
+			}
+			n := c.GetEdsClusterConfig().GetServiceName()
+			if n == "" {
+				n = c.GetName()
+			}
+			names = append(names, n)
+		}
+		return resourcev3.EndpointType, sortedUnique(names)
+	case resourcev3.ListenerType:
+		for _, a := range rs {
+			l := &listener.Listener{}
+			if a.UnmarshalTo(l) != nil {
+				continue
+			}
+			var managers []*anypb.Any
+			if api := l.GetApiListener().GetApiListener(); api != nil {
+				managers = append(managers, api)
+			}
+			for _, fc := range l.GetFilterChains() {
+				for _, f := range fc.GetFilters() {
+					managers = append(managers, f.GetTypedConfig())
+				}
+			}
+			for _, m := range managers {
+				h := &hcm.HttpConnectionManager{}
+				if m.MessageIs(h) && m.UnmarshalTo(h) == nil && h.GetRds() != nil {
+					names = append(names, h.GetRds().GetRouteConfigName())
+				}
+			}
+		}
+		return resourcev3.RouteType, sortedUnique(names)
+	}
+	return "", nil
+}
+
+func sortedUnique(s []string) []string {
+	slices.Sort(s)
+	return slices.Compact(s)
+}
+
+func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscoveryServiceClient) error {
+	stream, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		return fmt.Errorf("adsclient: open stream: %w", err)
+	}
+	first := true
+	send := func(req *discoverypb.DiscoveryRequest) error {
+		if first {
+			req.Node = c.opts.Node
+			first = false
+		}
+		return stream.Send(req)
+	}
+	subscribed := map[string][]string{}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := send(&discoverypb.DiscoveryRequest{TypeUrl: t}); err != nil {
+			return fmt.Errorf("adsclient: subscribe: %w", err)
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("adsclient: recv: %w", err)
+		}
+		t := resp.GetTypeUrl()
+		ack := &discoverypb.DiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(), ResourceNames: subscribed[t]}
+		size := 0
+		rs := map[string]*anypb.Any{}
+		for _, a := range resp.GetResources() {
+			size += len(a.GetValue())
+			rs[resourceName(t, a)] = a
+		}
+		var reject error
+		if c.opts.Reject != nil {
+			reject = c.opts.Reject(t, resp.GetResources())
+		}
+		c.mu.Lock()
+		c.bytes += int64(size)
+		if reject != nil {
+			ack.VersionInfo = c.versions[t]
+			ack.ErrorDetail = &status.Status{Code: 3, Message: reject.Error()}
+		} else {
+			c.resources[t] = rs
+			c.versions[t] = resp.GetVersionInfo()
+			ack.VersionInfo = resp.GetVersionInfo()
+		}
+		c.mu.Unlock()
+		if err := send(ack); err != nil {
+			return fmt.Errorf("adsclient: ack: %w", err)
+		}
+		c.report(Update{TypeURL: t, Version: resp.GetVersionInfo(), Names: slices.Sorted(maps.Keys(rs)), NACKed: reject != nil, Bytes: size})
+		if reject != nil {
+			continue
+		}
+		if dt, names := dependents(t, rs); dt != "" && !slices.Equal(names, subscribed[dt]) {
+			subscribed[dt] = names
+			c.mu.Lock()
+			v := c.versions[dt]
+			c.mu.Unlock()
+			if err := send(&discoverypb.DiscoveryRequest{TypeUrl: dt, ResourceNames: names, VersionInfo: v}); err != nil {
+				return fmt.Errorf("adsclient: subscribe: %w", err)
+			}
+		}
+	}
+}
+
+func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscoveryServiceClient) error {
+	stream, err := ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		return fmt.Errorf("adsclient: open delta stream: %w", err)
+	}
+	first := true
+	send := func(req *discoverypb.DeltaDiscoveryRequest) error {
+		if first {
+			req.Node = c.opts.Node
+			first = false
+		}
+		return stream.Send(req)
+	}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := send(&discoverypb.DeltaDiscoveryRequest{TypeUrl: t}); err != nil {
+			return fmt.Errorf("adsclient: subscribe: %w", err)
+		}
+	}
+	subscribed := map[string][]string{}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("adsclient: recv: %w", err)
+		}
+		t := resp.GetTypeUrl()
+		var anys []*anypb.Any
+		size := 0
+		for _, r := range resp.GetResources() {
+			anys = append(anys, r.GetResource())
+			size += len(r.GetResource().GetValue())
+		}
+		var reject error
+		if c.opts.Reject != nil {
+			reject = c.opts.Reject(t, anys)
+		}
+		ack := &discoverypb.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
+		c.mu.Lock()
+		c.bytes += int64(size)
+		if reject != nil {
+			ack.ErrorDetail = &status.Status{Code: 3, Message: reject.Error()}
+		} else {
+			if c.resources[t] == nil {
+				c.resources[t] = map[string]*anypb.Any{}
+			}
+			for _, r := range resp.GetResources() {
+				c.resources[t][r.GetName()] = r.GetResource()
+			}
+			for _, n := range resp.GetRemovedResources() {
+				delete(c.resources[t], n)
+			}
+			c.versions[t] = resp.GetSystemVersionInfo()
+		}
+		held := maps.Clone(c.resources[t])
+		c.mu.Unlock()
+		if err := send(ack); err != nil {
+			return fmt.Errorf("adsclient: ack: %w", err)
+		}
+		c.report(Update{TypeURL: t, Version: resp.GetSystemVersionInfo(), Names: slices.Sorted(maps.Keys(held)), NACKed: reject != nil, Bytes: size})
+		if reject != nil {
+			continue
+		}
+		if dt, names := dependents(t, held); dt != "" && !slices.Equal(names, subscribed[dt]) {
+			var sub, unsub []string
+			for _, n := range names {
+				if !slices.Contains(subscribed[dt], n) {
+					sub = append(sub, n)
+				}
+			}
+			for _, n := range subscribed[dt] {
+				if !slices.Contains(names, n) {
+					unsub = append(unsub, n)
+				}
+			}
+			subscribed[dt] = names
+			if err := send(&discoverypb.DeltaDiscoveryRequest{TypeUrl: dt, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}); err != nil {
+				return fmt.Errorf("adsclient: subscribe: %w", err)
+			}
+		}
+	}
+}
+
+func (c *Client) report(u Update) {
+	if c.opts.Updates != nil {
+		c.opts.Updates <- u
+	}
+}
+
+// resourceName reads the name of a resource without knowing its type in advance.
+func resourceName(typeURL string, a *anypb.Any) string {
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		return ""
+	}
+	switch r := m.(type) {
+	case interface{ GetName() string }:
+		return r.GetName()
+	case interface{ GetClusterName() string }:
+		return r.GetClusterName()
+	}
+	return ""
+}
