@@ -93,13 +93,17 @@ func (b *builder) proxyless() {
 
 // targetService maps a dial target (the listener name) to a service:
 // "name" is a service in the proxy's namespace (or "default"), and
-// "name.namespace" a service in that namespace when it exists.
+// "name.namespace" a service in that namespace when it exists. Names may
+// contain dots, so every split is tried, the shortest name first.
 func (b *builder) targetService(target string) (discovery.ServiceKey, bool) {
 	if target == "" || strings.ContainsAny(target, "/:") {
 		return discovery.ServiceKey{}, false
 	}
-	if name, ns, ok := strings.Cut(target, "."); ok {
-		k := discovery.ServiceKey{Namespace: ns, Name: name}
+	for i, c := range target {
+		if c != '.' || i == 0 || i == len(target)-1 {
+			continue
+		}
+		k := discovery.ServiceKey{Namespace: target[i+1:], Name: target[:i]}
 		if _, exists := b.in.Catalog.Service(k); exists {
 			return k, true
 		}
