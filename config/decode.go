@@ -17,6 +17,8 @@ type fragment struct {
 	mesh     *Mesh
 	services []*ServiceDecl
 	consul   *ConsulDecl
+	nomad    *NomadDecl
+	k8s      *KubernetesDecl
 }
 
 var fileSchema = &hcl.BodySchema{
@@ -24,6 +26,8 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "mesh"},
 		{Type: "service", LabelNames: []string{"name"}},
 		{Type: "consul"},
+		{Type: "nomad"},
+		{Type: "kubernetes"},
 	},
 }
 
@@ -63,6 +67,22 @@ func decodeFile(f *hcl.File) (*fragment, hcl.Diagnostics) {
 				continue
 			}
 			frag.consul = c
+		case "nomad":
+			n, d := decodeNomadBlock(b)
+			diags = append(diags, d...)
+			if frag.nomad != nil {
+				diags = append(diags, duplicateBlock("nomad", b, frag.nomad.DeclRange))
+				continue
+			}
+			frag.nomad = n
+		case "kubernetes":
+			k, d := decodeKubernetesBlock(b)
+			diags = append(diags, d...)
+			if frag.k8s != nil {
+				diags = append(diags, duplicateBlock("kubernetes", b, frag.k8s.DeclRange))
+				continue
+			}
+			frag.k8s = k
 		}
 	}
 	return frag, diags

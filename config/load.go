@@ -42,6 +42,9 @@ type Rejection struct {
 	// Source is the rejected content, kept to quote offending lines.
 	Source []byte    `json:"-"`
 	At     time.Time `json:"at"`
+	// crossFile is set when the version is valid on its own but conflicts
+	// with another file.
+	crossFile bool
 }
 
 // DiagnosticsJSON renders the rejection's diagnostics.
@@ -114,11 +117,17 @@ func (l *loader) fragments(files []File) map[string]*fragment {
 // assemble merges fragments (ordered by file name) into a Config and runs the
 // checks that span files.
 func assemble(frags map[string]*fragment) (*Config, hcl.Diagnostics) {
+	return assembleOrdered(frags, slices.Sorted(maps.Keys(frags)))
+}
+
+// assembleOrdered is assemble with the files taken in the given order: a
+// conflict is reported on the later of the two files.
+func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
 	cfg := &Config{Mesh: Mesh{TrustDomain: DefaultTrustDomain}}
 	var meshRange *hcl.Range
 	services := map[string]*ServiceDecl{}
-	for _, name := range slices.Sorted(maps.Keys(frags)) {
+	for _, name := range order {
 		fr := frags[name]
 		if fr.mesh != nil {
 			if meshRange != nil {
@@ -138,6 +147,22 @@ func assemble(frags map[string]*fragment) (*Config, hcl.Diagnostics) {
 					Detail: fmt.Sprintf("Consul is already configured at %s.", cfg.Consul.DeclRange), Subject: fr.consul.DeclRange.Ptr()})
 			} else {
 				cfg.Consul = fr.consul
+			}
+		}
+		if fr.nomad != nil {
+			if cfg.Nomad != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate nomad block",
+					Detail: fmt.Sprintf("Nomad is already configured at %s.", cfg.Nomad.DeclRange), Subject: fr.nomad.DeclRange.Ptr()})
+			} else {
+				cfg.Nomad = fr.nomad
+			}
+		}
+		if fr.k8s != nil {
+			if cfg.Kubernetes != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate kubernetes block",
+					Detail: fmt.Sprintf("Kubernetes is already configured at %s.", cfg.Kubernetes.DeclRange), Subject: fr.k8s.DeclRange.Ptr()})
+			} else {
+				cfg.Kubernetes = fr.k8s
 			}
 		}
 		for _, s := range fr.services {

@@ -20,6 +20,9 @@ type Config struct {
 	Mesh     Mesh
 	Services []*ServiceDecl
 	Consul   *ConsulDecl
+	Nomad    *NomadDecl
+	// Kubernetes enables the Kubernetes adapter.
+	Kubernetes *KubernetesDecl
 	// Status describes which files are in force and which were rejected.
 	Status Status
 }

@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
-	"github.com/bowlinemesh/bowline/adapters/file"
 	"github.com/bowlinemesh/bowline/config"
 	"github.com/bowlinemesh/bowline/discovery"
 	"github.com/bowlinemesh/bowline/xds/admin"
@@ -57,6 +56,18 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return serve(ctx, f, log, stdout)
 }
 
+// startupConfig reads the configuration directory once, keeping the files
+// that decode on their own, to learn which registries to connect to.
+func startupConfig(dir string) (*config.Config, error) {
+	files, err := config.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	st := config.NewStore(slog.New(slog.DiscardHandler))
+	st.Update(config.FileSet{Source: "startup", Files: files})
+	return st.Current(), nil
+}
+
 func serve(ctx context.Context, f serverFlags, log *slog.Logger, stdout io.Writer) error {
 	if st, err := os.Stat(f.configDir); err != nil || !st.IsDir() {
 		return fmt.Errorf("--config %s: not a readable directory", f.configDir)
@@ -72,9 +83,18 @@ func serve(ctx context.Context, f serverFlags, log *slog.Logger, stdout io.Write
 	xds := server.New(log.With("component", "xds"), server.Options{Debounce: f.debounce, Registerer: reg})
 	api := admin.New(log.With("component", "admin"), catalog, store, xds, reg, reg)
 
-	// Discovery sources are listed here, in one place.
-	sources := []discovery.Source{file.New(store)}
-	fileSources := []config.FileSource{&config.DirSource{Dir: f.configDir, Log: log.With("component", "config")}}
+	// The registry blocks of the startup configuration decide which
+	// adapters run (sources.go lists them).
+	dirSource := &config.DirSource{Dir: f.configDir, Log: log.With("component", "config")}
+	startup, err := startupConfig(f.configDir)
+	if err != nil {
+		return err
+	}
+	sources, extraFiles, err := sourcesFor(startup, store, log)
+	if err != nil {
+		return err
+	}
+	fileSources := append([]config.FileSource{dirSource}, extraFiles...)
 
 	xdsLis, err := net.Listen("tcp", f.xdsAddr)
 	if err != nil {
