@@ -94,6 +94,7 @@ type Server struct {
 	AdminAddr string
 	ConfigDir string
 	cmd       *exec.Cmd
+	stop      func()
 	log       *bytes.Buffer
 	logMu     *sync.Mutex
 	done      chan struct{}
@@ -173,6 +174,9 @@ func StartServer(t testing.TB, o ServerOptions) *Server {
 
 // Log returns what the server printed so far.
 func (s *Server) Log() string {
+	if s.logMu == nil {
+		return ""
+	}
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
 	return s.log.String()
@@ -180,6 +184,10 @@ func (s *Server) Log() string {
 
 // Stop stops the server (SIGINT, then kill after 5s).
 func (s *Server) Stop() {
+	if s.stop != nil {
+		s.stop()
+		return
+	}
 	select {
 	case <-s.done:
 		return
