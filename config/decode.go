@@ -19,6 +19,9 @@ type fragment struct {
 	consul   *ConsulDecl
 	nomad    *NomadDecl
 	k8s      *KubernetesDecl
+	defaults []*ServiceDefaults
+	subsets  []*Subset
+	routes   []*Route
 }
 
 var fileSchema = &hcl.BodySchema{
@@ -28,6 +31,9 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "consul"},
 		{Type: "nomad"},
 		{Type: "kubernetes"},
+		{Type: "service_defaults", LabelNames: []string{"service"}},
+		{Type: "subset", LabelNames: []string{"service", "name"}},
+		{Type: "route", LabelNames: []string{"service"}},
 	},
 }
 
@@ -83,6 +89,18 @@ func decodeFile(f *hcl.File) (*fragment, hcl.Diagnostics) {
 				continue
 			}
 			frag.k8s = k
+		case "service_defaults":
+			d, ds := decodeServiceDefaultsBlock(b)
+			diags = append(diags, ds...)
+			frag.defaults = append(frag.defaults, d)
+		case "subset":
+			sub, ds := decodeSubsetBlock(b)
+			diags = append(diags, ds...)
+			frag.subsets = append(frag.subsets, sub)
+		case "route":
+			r, ds := decodeRouteBlock(b)
+			diags = append(diags, ds...)
+			frag.routes = append(frag.routes, r)
 		}
 	}
 	return frag, diags

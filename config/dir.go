@@ -79,9 +79,11 @@ func (d *DirSource) Run(ctx context.Context, out chan<- FileSet) error {
 		return fmt.Errorf("config: watch %s: %w", d.Dir, err)
 	}
 	var last []File
+	failed := false // the last read failed: send the next good one even if unchanged
 	send := func(force bool) error {
 		files, err := ReadDir(d.Dir)
 		if err != nil {
+			failed = true
 			log.Warn("config: reading directory failed", "dir", d.Dir, "err", err)
 			select {
 			case out <- FileSet{Err: err}:
@@ -89,10 +91,10 @@ func (d *DirSource) Run(ctx context.Context, out chan<- FileSet) error {
 			}
 			return nil
 		}
-		if !force && sameFiles(last, files) {
+		if !force && !failed && sameFiles(last, files) {
 			return nil
 		}
-		last = files
+		last, failed = files, false
 		select {
 		case out <- FileSet{Files: files}:
 		case <-ctx.Done():

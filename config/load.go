@@ -127,6 +127,7 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 	cfg := &Config{Mesh: Mesh{TrustDomain: DefaultTrustDomain}}
 	var meshRange *hcl.Range
 	services := map[string]*ServiceDecl{}
+	var traffic []*fragment
 	for _, name := range order {
 		fr := frags[name]
 		if fr.mesh != nil {
@@ -165,6 +166,7 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 				cfg.Kubernetes = fr.k8s
 			}
 		}
+		traffic = append(traffic, fr)
 		for _, s := range fr.services {
 			key := s.Namespace + "/" + s.Name
 			if prev, dup := services[key]; dup {
@@ -174,6 +176,12 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 			}
 			services[key] = s
 			cfg.Services = append(cfg.Services, s)
+		}
+	}
+	diags = append(diags, assembleTraffic(cfg, traffic)...)
+	for _, d := range diags {
+		if d.Severity == hcl.DiagWarning {
+			cfg.Warnings = append(cfg.Warnings, d)
 		}
 	}
 	return cfg, diags

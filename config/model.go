@@ -23,6 +23,10 @@ type Config struct {
 	Nomad    *NomadDecl
 	// Kubernetes enables the Kubernetes adapter.
 	Kubernetes *KubernetesDecl
+	// Traffic holds the traffic rules (service_defaults, subset, route).
+	Traffic *Traffic
+	// Warnings are diagnostics that did not stop the configuration.
+	Warnings hcl.Diagnostics
 	// Status describes which files are in force and which were rejected.
 	Status Status
 }

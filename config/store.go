@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -154,10 +155,12 @@ func (s *Store) rebuild() {
 		h := hashOf(f.Content)
 		if g, ok := s.loader.good[name]; ok && g.hash == h {
 			candidate[name] = g
-			delete(s.rejected, name)
 			continue
 		}
-		if r, ok := s.rejected[name]; ok && r.Hash == h {
+		// A version rejected on its own stays rejected; one rejected for a
+		// conflict with another file is tried again, as the other file may
+		// have changed.
+		if r, ok := s.rejected[name]; ok && r.Hash == h && !r.crossFile {
 			if g, ok := s.loader.good[name]; ok {
 				candidate[name] = g
 			}
@@ -165,37 +168,51 @@ func (s *Store) rebuild() {
 		}
 		frag, diags := s.loader.decode(f)
 		if diags.HasErrors() {
-			s.reject(f, h, diags)
+			s.reject(f, h, diags, false)
 			if g, ok := s.loader.good[name]; ok {
 				candidate[name] = g
 			}
 			continue
 		}
-		delete(s.rejected, name)
 		candidate[name] = accepted{hash: h, frag: frag}
 	}
 	// Check across files; a file blamed by a cross-file error falls back to
 	// its previous good version (or is left out) until the set is valid.
+	// Files whose version is already in force come first, so that a conflict
+	// is blamed on the file that introduces it, not on the one serving.
+	inForce := func(name string) bool {
+		g, ok := s.loader.good[name]
+		return ok && g.hash == candidate[name].hash
+	}
 	var cfg *Config
 	for range len(candidate) + 1 {
 		frags := map[string]*fragment{}
 		for name, a := range candidate {
 			frags[name] = a.frag
 		}
-		c, diags := assemble(frags)
+		order := slices.SortedFunc(maps.Keys(frags), func(a, b string) int {
+			if fa, fb := inForce(a), inForce(b); fa != fb {
+				if fa {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
+		_, diags := assembleOrdered(frags, order)
 		if !diags.HasErrors() {
-			cfg = c
+			cfg, _ = assemble(frags) // the same set in name order, as every replica builds it
 			break
 		}
 		blamed := map[string]hcl.Diagnostics{}
 		for _, d := range diags {
-			if d.Subject != nil {
+			if d.Subject != nil && d.Severity == hcl.DiagError { // warnings blame nobody
 				blamed[d.Subject.Filename] = append(blamed[d.Subject.Filename], d)
 			}
 		}
 		for name, ds := range blamed {
 			f := all[name]
-			s.reject(f, hashOf(f.Content), ds)
+			s.reject(f, hashOf(f.Content), ds, true)
 			if g, ok := s.loader.good[name]; ok && g.hash != candidate[name].hash {
 				candidate[name] = g
 			} else {
@@ -209,6 +226,9 @@ func (s *Store) rebuild() {
 	}
 	for name, a := range candidate {
 		s.loader.good[name] = a
+		if a.hash == hashOf(all[name].Content) {
+			delete(s.rejected, name) // its newest version is in force
+		}
 	}
 	h := sha256.New()
 	for _, name := range slices.Sorted(maps.Keys(candidate)) {
@@ -239,11 +259,11 @@ func (s *Store) rebuild() {
 	}
 }
 
-func (s *Store) reject(f File, hash string, diags hcl.Diagnostics) {
+func (s *Store) reject(f File, hash string, diags hcl.Diagnostics, crossFile bool) {
 	if r, ok := s.rejected[f.Name]; ok && r.Hash == hash {
 		return
 	}
-	r := Rejection{Name: f.Name, Hash: hash, Diagnostics: diags, Source: f.Content, At: time.Now()}
+	r := Rejection{Name: f.Name, Hash: hash, Diagnostics: diags, Source: f.Content, At: time.Now(), crossFile: crossFile}
 	s.rejected[f.Name] = r
 	s.log.Error("configuration file rejected; its last valid version keeps serving", "file", f.Name, "diagnostics", r.Text())
 }

@@ -1,12 +1,15 @@
 package discovery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -191,22 +194,46 @@ func send(ch chan *Snapshot, snap *Snapshot) {
 	ch <- snap
 }
 
+// LabelMerge is the service label by which a source opts a service out of
+// merging across sources: a service labelled bowline.io/merge=false is taken
+// exactly as its source reports it, and the services of the same namespace
+// and name from other sources are left out (when several sources opt out,
+// the first by name wins).
+const LabelMerge = "bowline.io/merge"
+
 // merge combines the services of every source. Services with the same
 // namespace and name merge: endpoints are unioned (each keeps its source),
 // labels and upstreams are unioned, and the protocol of the first source (by
-// name) that declares one wins.
+// name) that declares one wins. An endpoint address:port that several sources
+// report for one service is kept once, from the first source by name. A
+// service labelled LabelMerge=false does not merge.
 func merge(log *slog.Logger, states map[string][]*Service) []*Service {
 	out := map[ServiceKey]*Service{}
+	owner := map[ServiceKey]string{} // services opted out of merging -> their source
+	for _, src := range slices.Sorted(maps.Keys(states)) {
+		for _, svc := range states[src] {
+			key := ServiceKey{Namespace: cmp.Or(svc.Namespace, DefaultNamespace), Name: svc.Name}
+			if _, ok := owner[key]; !ok && svc.Labels[LabelMerge] == "false" {
+				owner[key] = src
+			}
+		}
+	}
+	seen := map[ServiceKey]map[string]string{} // address:port -> source that reported it
 	for _, src := range slices.Sorted(maps.Keys(states)) {
 		for _, svc := range states[src] {
 			key := svc.ServiceKey
 			if key.Namespace == "" {
 				key.Namespace = DefaultNamespace
 			}
+			if o, ok := owner[key]; ok && o != src {
+				log.Info("service opted out of merging; leaving out its namesake from another source", "service", key, "kept", o, "left_out", src)
+				continue
+			}
 			cur, ok := out[key]
 			if !ok {
 				cur = &Service{ServiceKey: key, Protocol: svc.Protocol, Endpoints: []Endpoint{}}
 				out[key] = cur
+				seen[key] = map[string]string{}
 			}
 			if cur.Protocol == "" {
 				cur.Protocol = svc.Protocol
@@ -227,6 +254,21 @@ func merge(log *slog.Logger, states map[string][]*Service) []*Service {
 				e.Labels = maps.Clone(e.Labels)
 				if e.Source == "" {
 					e.Source = src
+				}
+				// An address:port (or, for an endpoint behind a sidecar, the
+				// sidecar's address:port, where mesh traffic goes) taken by an
+				// earlier source is the same instance reported twice: keep one,
+				// as gRPC-Go rejects EDS with duplicate addresses.
+				addrs := []string{net.JoinHostPort(e.Address, strconv.FormatUint(uint64(e.Port), 10))}
+				if e.SidecarPort != 0 {
+					addrs = append(addrs, net.JoinHostPort(e.Address, strconv.FormatUint(uint64(e.SidecarPort), 10)))
+				}
+				if i := slices.IndexFunc(addrs, func(a string) bool { first, ok := seen[key][a]; return ok && first != src }); i >= 0 {
+					log.Debug("two sources report one endpoint; keeping the first", "service", key, "endpoint", addrs[i], "kept", seen[key][addrs[i]], "left_out", src)
+					continue
+				}
+				for _, a := range addrs {
+					seen[key][a] = src
 				}
 				cur.Endpoints = append(cur.Endpoints, e)
 			}

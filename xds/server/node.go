@@ -59,6 +59,9 @@ func ProxyFromNode(n *core.Node) (translate.Proxy, error) {
 	default:
 		return p, fmt.Errorf("node metadata %s: unknown kind %q (want envoy or grpc)", MetaKind, kind)
 	}
+	if l := n.GetLocality(); l != nil {
+		p.Locality = discovery.Locality{Region: l.GetRegion(), Zone: l.GetZone(), SubZone: l.GetSubZone()}
+	}
 	p.Service.Name = str(MetaService)
 	if p.Service.Name == "" {
 		p.Service.Name = n.GetCluster()

@@ -69,7 +69,7 @@ func newProxy(id string, spec translate.Proxy, userAgent string, delta bool) *pr
 func (p *proxy) key() string {
 	var b strings.Builder
 	s := p.spec
-	fmt.Fprintf(&b, "%s|%s|%d|%d|%t|", s.Kind, s.Service, s.InboundPort, s.LocalPort, s.AllServices)
+	fmt.Fprintf(&b, "%s|%s|%d|%d|%t|%s/%s/%s|", s.Kind, s.Service, s.InboundPort, s.LocalPort, s.AllServices, s.Locality.Region, s.Locality.Zone, s.Locality.SubZone)
 	for _, u := range s.Upstreams {
 		fmt.Fprintf(&b, "%s:%d,", u.Service, u.LocalPort)
 	}

@@ -6,33 +6,73 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bowlinemesh/bowline/discovery"
 )
 
-// buildLoadAssignment groups a service's endpoints by locality. Unhealthy
-// endpoints are left out. Degraded endpoints go to priority 1, used only when
-// the healthy ones of priority 0 cannot take the load (and to priority 0 when
-// no endpoint is healthy). An endpoint with a sidecar is reached through its
-// sidecar's inbound port. Locality weights are the sum of their endpoints'
-// weights, which proxyless gRPC requires to be non-zero.
-func buildLoadAssignment(svc *discovery.Service) *endpoint.ClusterLoadAssignment {
-	name := ClusterName(svc.ServiceKey)
-	anyHealthy := slices.ContainsFunc(svc.Endpoints, func(e discovery.Endpoint) bool { return e.Health == discovery.HealthHealthy })
+// buildLoadAssignments returns the endpoints of a service's cluster and of
+// each of its subsets' clusters.
+func (b *builder) buildLoadAssignments(svc *discovery.Service) []types.Resource {
+	var near *discovery.Locality
+	if d := b.defaults(svc.ServiceKey); d != nil && d.LocalityFailover && b.p.Locality != (discovery.Locality{}) {
+		near = &b.p.Locality
+	}
+	out := []types.Resource{buildLoadAssignment(ClusterName(svc.ServiceKey), svc.Endpoints, near)}
+	for _, s := range b.subsets(svc.ServiceKey) {
+		var eps []discovery.Endpoint
+		for _, e := range svc.Endpoints {
+			if hasLabels(e.Labels, s.Labels) {
+				eps = append(eps, e)
+			}
+		}
+		out = append(out, buildLoadAssignment(SubsetClusterName(svc.ServiceKey, s.Name), eps, near))
+	}
+	return out
+}
+
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := have[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// buildLoadAssignment groups endpoints by locality. Unhealthy endpoints are
+// left out. Degraded endpoints go to a lower priority than healthy ones, used
+// only when the healthy ones cannot take the load (and to the same priority
+// when no endpoint is healthy). With locality failover (near set), endpoints
+// in the caller's zone come first, then its region, then the rest. Locality
+// weights are the sum of their endpoints' weights, which proxyless gRPC
+// requires to be non-zero. An endpoint with a sidecar is reached through its
+// sidecar's inbound port.
+func buildLoadAssignment(name string, endpoints []discovery.Endpoint, near *discovery.Locality) *endpoint.ClusterLoadAssignment {
+	anyHealthy := slices.ContainsFunc(endpoints, func(e discovery.Endpoint) bool { return e.Health == discovery.HealthHealthy })
 
 	type group struct {
-		loc      discovery.Locality
-		priority uint32
+		loc  discovery.Locality
+		rank int // before compaction into contiguous priorities
 	}
 	groups := map[group][]discovery.Endpoint{}
-	for _, e := range svc.Endpoints {
+	for _, e := range endpoints {
 		if e.Health == discovery.HealthUnhealthy {
 			continue
 		}
 		g := group{loc: e.Locality}
+		if near != nil {
+			switch {
+			case e.Region == near.Region && e.Zone == near.Zone:
+			case e.Region == near.Region:
+				g.rank = 2
+			default:
+				g.rank = 4
+			}
+		}
 		if e.Health == discovery.HealthDegraded && anyHealthy {
-			g.priority = 1
+			g.rank++
 		}
 		groups[g] = append(groups[g], e)
 	}
@@ -41,9 +81,16 @@ func buildLoadAssignment(svc *discovery.Service) *endpoint.ClusterLoadAssignment
 		keys = append(keys, g)
 	}
 	slices.SortFunc(keys, func(a, b group) int {
-		return cmp.Or(cmp.Compare(a.priority, b.priority), cmp.Compare(a.loc.Region, b.loc.Region),
+		return cmp.Or(cmp.Compare(a.rank, b.rank), cmp.Compare(a.loc.Region, b.loc.Region),
 			cmp.Compare(a.loc.Zone, b.loc.Zone), cmp.Compare(a.loc.SubZone, b.loc.SubZone))
 	})
+	// Priorities must be contiguous from 0.
+	priority := map[int]uint32{}
+	for _, g := range keys {
+		if _, ok := priority[g.rank]; !ok {
+			priority[g.rank] = uint32(len(priority))
+		}
+	}
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{}}
 	for _, g := range keys {
 		eps := groups[g]
@@ -51,7 +98,7 @@ func buildLoadAssignment(svc *discovery.Service) *endpoint.ClusterLoadAssignment
 		// Always set the locality, even empty: proxyless gRPC rejects a
 		// LocalityLbEndpoints without one.
 		lle := &endpoint.LocalityLbEndpoints{
-			Priority: g.priority,
+			Priority: priority[g.rank],
 			Locality: &core.Locality{Region: g.loc.Region, Zone: g.loc.Zone, SubZone: g.loc.SubZone},
 		}
 		for _, e := range eps {

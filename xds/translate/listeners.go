@@ -25,10 +25,7 @@ func (b *builder) sidecar() error {
 			local = cmp0(local, ep.Port)
 		}
 	}
-	proto := discovery.ProtocolTCP
-	if svc != nil {
-		proto = svc.Protocol
-	}
+	proto := b.lookup(b.p.Service).Protocol
 	if inbound != 0 && local != 0 {
 		b.res.Listeners = append(b.res.Listeners, buildInboundListener(inbound, proto))
 		b.res.Clusters = append(b.res.Clusters, buildLocalAppCluster(local, proto))
@@ -54,7 +51,10 @@ func (b *builder) sidecar() error {
 		}
 		seenPort[u.LocalPort] = u
 		us := b.use(u.Service)
-		b.res.Listeners = append(b.res.Listeners, buildOutboundListener(u, us.Protocol))
+		if us.Protocol.IsHTTP() {
+			b.useRoutes(u.Service)
+		}
+		b.res.Listeners = append(b.res.Listeners, buildOutboundListener(u, us.Protocol, b.outboundFilters(u.Service)))
 	}
 	return nil
 }
@@ -86,8 +86,8 @@ func (b *builder) proxyless() {
 		if !ok {
 			continue
 		}
-		b.use(k)
-		b.res.Listeners = append(b.res.Listeners, buildAPIListener(name, k))
+		b.useRoutes(k)
+		b.res.Listeners = append(b.res.Listeners, buildAPIListener(name, k, b.outboundFilters(k)))
 	}
 }
 
@@ -137,14 +137,14 @@ func socketAddress(addr string, port uint32) *core.Address {
 
 // buildAPIListener is what proxyless gRPC asks for: an HTTP connection
 // manager without a socket, whose routes come over RDS.
-func buildAPIListener(name string, k discovery.ServiceKey) *listener.Listener {
+func buildAPIListener(name string, k discovery.ServiceKey, opts filterOptions) *listener.Listener {
 	m := &hcm.HttpConnectionManager{
 		StatPrefix: name,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
 			ConfigSource:    adsSource(),
 			RouteConfigName: RouteName(k),
 		}},
-		HttpFilters: httpFilters(filterOptions{}),
+		HttpFilters: httpFilters(opts),
 	}
 	return &listener.Listener{
 		Name:        name,
@@ -153,7 +153,7 @@ func buildAPIListener(name string, k discovery.ServiceKey) *listener.Listener {
 }
 
 // buildOutboundListener listens on the upstream's local port on loopback.
-func buildOutboundListener(u discovery.Upstream, proto discovery.Protocol) *listener.Listener {
+func buildOutboundListener(u discovery.Upstream, proto discovery.Protocol, opts filterOptions) *listener.Listener {
 	name := OutboundListenerName(u)
 	var filter *listener.Filter
 	if proto.IsHTTP() {
@@ -162,7 +162,7 @@ func buildOutboundListener(u discovery.Upstream, proto discovery.Protocol) *list
 				ConfigSource:    adsSource(),
 				RouteConfigName: RouteName(u.Service),
 			}},
-		}, proto, filterOptions{})
+		}, proto, opts)
 	} else {
 		filter = tcpProxy(name, ClusterName(u.Service))
 	}

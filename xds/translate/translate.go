@@ -45,6 +45,8 @@ type Proxy struct {
 	LocalPort   uint32
 	// Upstreams adds upstreams to those the service declares in the catalog.
 	Upstreams []discovery.Upstream
+	// Locality is where the proxy runs (for locality failover).
+	Locality discovery.Locality
 	// AllServices makes the proxy receive every service of the mesh.
 	AllServices bool
 	// Listeners are the listener names a gRPC client asked for (its dial
@@ -80,6 +82,11 @@ const (
 // ClusterName names the cluster (and its EDS resource) of a service.
 func ClusterName(k discovery.ServiceKey) string { return k.Namespace + "/" + k.Name }
 
+// SubsetClusterName names the cluster of one subset of a service.
+func SubsetClusterName(k discovery.ServiceKey, subset string) string {
+	return k.Namespace + "/" + k.Name + "/" + subset
+}
+
 // RouteName names the route configuration for calls to a service.
 func RouteName(k discovery.ServiceKey) string { return k.Namespace + "/" + k.Name }
 
@@ -90,7 +97,7 @@ func OutboundListenerName(u discovery.Upstream) string {
 
 // Build translates the input into the resources of one proxy.
 func Build(in Input, p Proxy) (*Resources, error) {
-	b := &builder{in: in, p: p, services: map[discovery.ServiceKey]*discovery.Service{}, deps: map[discovery.ServiceKey]bool{}}
+	b := &builder{in: in, p: p, services: map[discovery.ServiceKey]*discovery.Service{}, routes: map[discovery.ServiceKey]*discovery.Service{}, deps: map[discovery.ServiceKey]bool{}}
 	switch p.Kind {
 	case KindSidecar:
 		if err := b.sidecar(); err != nil {
@@ -101,11 +108,15 @@ func Build(in Input, p Proxy) (*Resources, error) {
 	default:
 		return nil, fmt.Errorf("translate: unknown proxy kind %q", p.Kind)
 	}
+	// Route configurations first: their rules may send traffic to other
+	// services, whose clusters are then needed too.
+	for _, k := range sortedKeys(b.routes) {
+		b.res.Routes = append(b.res.Routes, b.buildRouteConfig(b.routes[k]))
+	}
 	for _, k := range sortedKeys(b.services) {
 		svc := b.services[k]
-		b.res.Clusters = append(b.res.Clusters, buildCluster(svc))
-		b.res.Endpoints = append(b.res.Endpoints, buildLoadAssignment(svc))
-		b.res.Routes = append(b.res.Routes, buildRouteConfig(svc))
+		b.res.Clusters = append(b.res.Clusters, b.buildClusters(svc)...)
+		b.res.Endpoints = append(b.res.Endpoints, b.buildLoadAssignments(svc)...)
 		b.res.Services = append(b.res.Services, k)
 	}
 	sortByName(b.res.Listeners)
@@ -127,6 +138,8 @@ type builder struct {
 	p        Proxy
 	res      Resources
 	services map[discovery.ServiceKey]*discovery.Service
+	// routes are the services whose route configuration a listener names.
+	routes map[discovery.ServiceKey]*discovery.Service
 	// deps are services the output depends on without using them (a dial
 	// target "name.namespace" that resolves elsewhere until the service
 	// appears).
@@ -140,12 +153,53 @@ func (b *builder) use(k discovery.ServiceKey) *discovery.Service {
 	if svc, ok := b.services[k]; ok {
 		return svc
 	}
+	svc := b.lookup(k)
+	b.services[k] = svc
+	return svc
+}
+
+// useRoutes records that a listener takes the service's routes over RDS.
+func (b *builder) useRoutes(k discovery.ServiceKey) {
+	b.routes[k] = b.use(k)
+}
+
+// lookup returns the service as the proxy sees it: from the catalog, with the
+// protocol that its service_defaults set, if any.
+func (b *builder) lookup(k discovery.ServiceKey) *discovery.Service {
 	svc, ok := b.in.Catalog.Service(k)
 	if !ok {
 		svc = &discovery.Service{ServiceKey: k, Protocol: discovery.ProtocolTCP}
 	}
-	b.services[k] = svc
+	if d := b.defaults(k); d != nil && d.Protocol != "" && discovery.Protocol(d.Protocol) != svc.Protocol {
+		c := *svc
+		c.Protocol = discovery.Protocol(d.Protocol)
+		svc = &c
+	}
 	return svc
+}
+
+// defaults returns the service_defaults of a service, or nil.
+func (b *builder) defaults(k discovery.ServiceKey) *config.ServiceDefaults {
+	if b.in.Config == nil || b.in.Config.Traffic == nil {
+		return nil
+	}
+	return b.in.Config.Traffic.Defaults[config.ServiceRef{Namespace: k.Namespace, Name: k.Name}]
+}
+
+// route returns the route block of a service, or nil.
+func (b *builder) route(k discovery.ServiceKey) *config.Route {
+	if b.in.Config == nil || b.in.Config.Traffic == nil {
+		return nil
+	}
+	return b.in.Config.Traffic.Routes[config.ServiceRef{Namespace: k.Namespace, Name: k.Name}]
+}
+
+// subsets returns the subsets declared for a service, ordered by name.
+func (b *builder) subsets(k discovery.ServiceKey) []*config.Subset {
+	if b.in.Config == nil || b.in.Config.Traffic == nil {
+		return nil
+	}
+	return b.in.Config.Traffic.Subsets[config.ServiceRef{Namespace: k.Namespace, Name: k.Name}]
 }
 
 func sortedKeys(m map[discovery.ServiceKey]*discovery.Service) []discovery.ServiceKey {
