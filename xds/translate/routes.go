@@ -290,7 +290,6 @@ func httpFault(f *config.Fault) *faultv3.HTTPFault {
 	return out
 }
 
-
 // clusterRoute sends every request to one cluster. gRPC streams may live
 // long, so gRPC routes have no overall timeout.
 func clusterRoute(cluster string, proto discovery.Protocol) *route.Route {
