@@ -22,6 +22,7 @@ type fragment struct {
 	defaults []*ServiceDefaults
 	subsets  []*Subset
 	routes   []*Route
+	identity *IdentityDecl
 }
 
 var fileSchema = &hcl.BodySchema{
@@ -34,6 +35,7 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "service_defaults", LabelNames: []string{"service"}},
 		{Type: "subset", LabelNames: []string{"service", "name"}},
 		{Type: "route", LabelNames: []string{"service"}},
+		{Type: "identity"},
 	},
 }
 
@@ -101,6 +103,14 @@ func decodeFile(f *hcl.File) (*fragment, hcl.Diagnostics) {
 			r, ds := decodeRouteBlock(b)
 			diags = append(diags, ds...)
 			frag.routes = append(frag.routes, r)
+		case "identity":
+			id, ds := decodeIdentityBlock(b)
+			diags = append(diags, ds...)
+			if frag.identity != nil {
+				diags = append(diags, duplicateBlock("identity", b, frag.identity.DeclRange))
+				continue
+			}
+			frag.identity = id
 		}
 	}
 	return frag, diags

@@ -166,6 +166,14 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 				cfg.Kubernetes = fr.k8s
 			}
 		}
+		if fr.identity != nil {
+			if cfg.Identity != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate identity block",
+					Detail: fmt.Sprintf("Identity is already configured at %s.", cfg.Identity.DeclRange), Subject: fr.identity.DeclRange.Ptr()})
+			} else {
+				cfg.Identity = fr.identity
+			}
+		}
 		traffic = append(traffic, fr)
 		for _, s := range fr.services {
 			key := s.Namespace + "/" + s.Name

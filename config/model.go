@@ -25,6 +25,8 @@ type Config struct {
 	Kubernetes *KubernetesDecl
 	// Traffic holds the traffic rules (service_defaults, subset, route).
 	Traffic *Traffic
+	// Identity configures the CA, mutual TLS and join tokens (identity.go).
+	Identity *IdentityDecl
 	// Warnings are diagnostics that did not stop the configuration.
 	Warnings hcl.Diagnostics
 	// Status describes which files are in force and which were rejected.

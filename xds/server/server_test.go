@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"strings"
 	"testing"
@@ -43,10 +44,11 @@ func (c chanSource) Run(ctx context.Context, out chan<- discovery.State) error {
 }
 
 type harness struct {
-	srv  *Server
-	src  chanSource
-	addr string
-	reg  *prometheus.Registry
+	store *config.Store
+	srv   *Server
+	src   chanSource
+	addr  string
+	reg   *prometheus.Registry
 }
 
 func newHarness(t *testing.T, initial []*discovery.Service) *harness {
@@ -57,6 +59,7 @@ func newHarness(t *testing.T, initial []*discovery.Service) *harness {
 	catalog := discovery.NewCatalog(log, discovery.Options{Debounce: time.Millisecond})
 	store := config.NewStore(log)
 	store.Update(config.FileSet{Source: "test"})
+	h.store = store
 	h.srv = New(log, Options{Debounce: time.Millisecond, Registerer: h.reg, Check: true})
 	go func() { _ = catalog.Run(ctx, h.src) }()
 	h.src <- initial
@@ -335,5 +338,30 @@ func TestProxyFromNode(t *testing.T) {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestRuleChangesReachOnlyTheProxiesTheyConcern(t *testing.T) {
+	h := newHarness(t, []*discovery.Service{grpcService("greeter", 5001), grpcService("other", 6001)})
+	h.connect(t, adsclient.Options{Node: sidecarNode(t, "calls-greeter", "web", "greeter:9191")})
+	h.connect(t, adsclient.Options{Node: sidecarNode(t, "calls-other", "api", "other:9292")})
+	greeter, other := h.waitSynced(t, "calls-greeter"), h.waitSynced(t, "calls-other")
+
+	h.store.Update(config.FileSet{Source: "test", Files: []config.File{{Name: "defaults.hcl", Content: []byte(
+		"service_defaults \"greeter\" {\n  request_timeout = \"2s\"\n}\n")}}})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p := h.waitSynced(t, "calls-greeter")
+		if p.Acked["routes"] != greeter.Acked["routes"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy calling greeter never got the new timeout")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if p := h.waitSynced(t, "calls-other"); !maps.Equal(p.Sent, other.Sent) {
+		t.Fatalf("a rule for greeter changed the config of a proxy that only calls other: %v -> %v", other.Sent, p.Sent)
 	}
 }

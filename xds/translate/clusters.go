@@ -8,7 +8,6 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -22,18 +21,9 @@ const (
 	httpOptionsKey        = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 
-// buildClusters returns the EDS cluster of a service and one per subset, all
-// shaped by the service's defaults. TLS to the upstream (SDS) goes in their
-// transport sockets.
-func (b *builder) buildClusters(svc *discovery.Service) []types.Resource {
-	d := b.defaults(svc.ServiceKey)
-	out := []types.Resource{b.buildCluster(ClusterName(svc.ServiceKey), svc.Protocol, d)}
-	for _, s := range b.subsets(svc.ServiceKey) {
-		out = append(out, b.buildCluster(SubsetClusterName(svc.ServiceKey, s.Name), svc.Protocol, d))
-	}
-	return out
-}
-
+// buildCluster is the EDS cluster of a service (or of one of its subsets),
+// shaped by the service's defaults. TLS to the upstream (SDS) goes in its
+// transport socket.
 func (b *builder) buildCluster(name string, proto discovery.Protocol, d *config.ServiceDefaults) *cluster.Cluster {
 	c := &cluster.Cluster{
 		Name:                 name,

@@ -6,30 +6,32 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bowlinemesh/bowline/discovery"
 )
 
-// buildLoadAssignments returns the endpoints of a service's cluster and of
-// each of its subsets' clusters.
-func (b *builder) buildLoadAssignments(svc *discovery.Service) []types.Resource {
+// buildLoadAssignment returns the endpoints of a service's cluster, or of
+// one subset's cluster: the endpoints whose labels match the subset's.
+func (b *builder) buildLoadAssignment(name string, svc *discovery.Service, subset string) *endpoint.ClusterLoadAssignment {
 	var near *discovery.Locality
 	if d := b.defaults(svc.ServiceKey); d != nil && d.LocalityFailover && b.p.Locality != (discovery.Locality{}) {
 		near = &b.p.Locality
 	}
-	out := []types.Resource{buildLoadAssignment(ClusterName(svc.ServiceKey), svc.Endpoints, near)}
-	for _, s := range b.subsets(svc.ServiceKey) {
-		var eps []discovery.Endpoint
-		for _, e := range svc.Endpoints {
-			if hasLabels(e.Labels, s.Labels) {
-				eps = append(eps, e)
+	eps := svc.Endpoints
+	if subset != "" {
+		eps = nil
+		if b.in.Config != nil {
+			if s, ok := b.in.Config.Traffic.Subset(ref(svc.ServiceKey), subset); ok {
+				for _, e := range svc.Endpoints {
+					if hasLabels(e.Labels, s.Labels) {
+						eps = append(eps, e)
+					}
+				}
 			}
 		}
-		out = append(out, buildLoadAssignment(SubsetClusterName(svc.ServiceKey, s.Name), eps, near))
 	}
-	return out
+	return loadAssignment(name, eps, near)
 }
 
 func hasLabels(have, want map[string]string) bool {
@@ -49,7 +51,7 @@ func hasLabels(have, want map[string]string) bool {
 // weights are the sum of their endpoints' weights, which proxyless gRPC
 // requires to be non-zero. An endpoint with a sidecar is reached through its
 // sidecar's inbound port.
-func buildLoadAssignment(name string, endpoints []discovery.Endpoint, near *discovery.Locality) *endpoint.ClusterLoadAssignment {
+func loadAssignment(name string, endpoints []discovery.Endpoint, near *discovery.Locality) *endpoint.ClusterLoadAssignment {
 	anyHealthy := slices.ContainsFunc(endpoints, func(e discovery.Endpoint) bool { return e.Health == discovery.HealthHealthy })
 
 	type group struct {

@@ -38,7 +38,7 @@ func (b *builder) sidecar() error {
 	upstreams = append(upstreams, b.p.Upstreams...)
 	if b.p.AllServices {
 		for _, s := range b.in.Catalog.Services() {
-			b.use(s.ServiceKey)
+			b.useCluster(s.ServiceKey, "")
 		}
 	}
 	seenPort := map[uint32]discovery.Upstream{}
@@ -53,6 +53,8 @@ func (b *builder) sidecar() error {
 		us := b.use(u.Service)
 		if us.Protocol.IsHTTP() {
 			b.useRoutes(u.Service)
+		} else {
+			b.useCluster(u.Service, "")
 		}
 		b.res.Listeners = append(b.res.Listeners, buildOutboundListener(u, us.Protocol, b.outboundFilters(u.Service)))
 	}

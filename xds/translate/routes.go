@@ -59,12 +59,7 @@ func key(r config.ServiceRef) discovery.ServiceKey {
 // clusterFor names the cluster of a destination and makes sure the proxy
 // gets it.
 func (b *builder) clusterFor(d config.Destination) string {
-	k := key(d.Service)
-	b.use(k)
-	if d.Subset != "" {
-		return SubsetClusterName(k, d.Subset)
-	}
-	return ClusterName(k)
+	return b.useCluster(key(d.Service), d.Subset)
 }
 
 func (b *builder) buildRoute(svc *discovery.Service, d *config.ServiceDefaults, rule *config.RouteRule, name string) *route.Route {

@@ -16,6 +16,7 @@ package translate
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -97,7 +98,7 @@ func OutboundListenerName(u discovery.Upstream) string {
 
 // Build translates the input into the resources of one proxy.
 func Build(in Input, p Proxy) (*Resources, error) {
-	b := &builder{in: in, p: p, services: map[discovery.ServiceKey]*discovery.Service{}, routes: map[discovery.ServiceKey]*discovery.Service{}, deps: map[discovery.ServiceKey]bool{}}
+	b := &builder{in: in, p: p, services: map[discovery.ServiceKey]*discovery.Service{}, routes: map[discovery.ServiceKey]*discovery.Service{}, clusters: map[string]clusterRef{}, deps: map[discovery.ServiceKey]bool{}}
 	switch p.Kind {
 	case KindSidecar:
 		if err := b.sidecar(); err != nil {
@@ -113,10 +114,15 @@ func Build(in Input, p Proxy) (*Resources, error) {
 	for _, k := range sortedKeys(b.routes) {
 		b.res.Routes = append(b.res.Routes, b.buildRouteConfig(b.routes[k]))
 	}
+	// Only the clusters something refers to: proxyless gRPC asks for exactly
+	// those, and the ADS cache answers only when the two sets agree.
+	for _, name := range slices.Sorted(maps.Keys(b.clusters)) {
+		c := b.clusters[name]
+		svc := b.services[c.service]
+		b.res.Clusters = append(b.res.Clusters, b.buildCluster(name, svc.Protocol, b.defaults(c.service)))
+		b.res.Endpoints = append(b.res.Endpoints, b.buildLoadAssignment(name, svc, c.subset))
+	}
 	for _, k := range sortedKeys(b.services) {
-		svc := b.services[k]
-		b.res.Clusters = append(b.res.Clusters, b.buildClusters(svc)...)
-		b.res.Endpoints = append(b.res.Endpoints, b.buildLoadAssignments(svc)...)
 		b.res.Services = append(b.res.Services, k)
 	}
 	sortByName(b.res.Listeners)
@@ -138,6 +144,8 @@ type builder struct {
 	p        Proxy
 	res      Resources
 	services map[discovery.ServiceKey]*discovery.Service
+	// clusters are the clusters that listeners and routes refer to.
+	clusters map[string]clusterRef
 	// routes are the services whose route configuration a listener names.
 	routes map[discovery.ServiceKey]*discovery.Service
 	// deps are services the output depends on without using them (a dial
@@ -156,6 +164,24 @@ func (b *builder) use(k discovery.ServiceKey) *discovery.Service {
 	svc := b.lookup(k)
 	b.services[k] = svc
 	return svc
+}
+
+// clusterRef is what a cluster serves: a service, or one subset of it.
+type clusterRef struct {
+	service discovery.ServiceKey
+	subset  string
+}
+
+// useCluster records that something refers to the cluster of a service (or
+// of one of its subsets) and returns its name.
+func (b *builder) useCluster(k discovery.ServiceKey, subset string) string {
+	b.use(k)
+	name := ClusterName(k)
+	if subset != "" {
+		name = SubsetClusterName(k, subset)
+	}
+	b.clusters[name] = clusterRef{service: k, subset: subset}
+	return name
 }
 
 // useRoutes records that a listener takes the service's routes over RDS.
