@@ -13,7 +13,7 @@ import (
 	"github.com/bowlinemesh/bowline/xds/bootstrap"
 )
 
-func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func runBootstrap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "grpc" && args[0] != "envoy") {
 		fmt.Fprintln(stderr, "Usage: bowline bootstrap grpc|envoy --service NAME [--namespace NS] --xds-addr HOST:PORT [flags]")
 		return exitError{2}
@@ -38,6 +38,7 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 		fs.UintVar(&localPort, "local-port", 0, "the local application's port (default: from the catalog)")
 		fs.BoolVar(&o.Delta, "delta", false, "use incremental (delta) xDS")
 	}
+	certs := identityFlags(fs, kind, &o) // certs.go
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -57,6 +58,9 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 	if o.NodeID == "" {
 		o.NodeID = defaultNodeID(o.Service, o.Namespace)
 	}
+	if err := certs.obtain(ctx, o, stderr); err != nil {
+		return err
+	}
 	var (
 		out []byte
 		err error
@@ -69,8 +73,10 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	_, err = stdout.Write(out)
-	return err
+	if _, err = stdout.Write(out); err != nil {
+		return err
+	}
+	return certs.watch(ctx, o, stderr)
 }
 
 func defaultNodeID(service, namespace string) string {

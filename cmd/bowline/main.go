@@ -31,6 +31,8 @@ func commands() []command {
 		{"server", "Run the control plane: discovery, configuration, xDS and the admin API", runServer},
 		{"validate", "Check a configuration directory and print its diagnostics", runValidate},
 		{"bootstrap", "Print a bootstrap for a proxy: `bootstrap grpc` or `bootstrap envoy`", runBootstrap},
+		{"envoy", "Write the Envoy bootstrap of one service instance (NOMAD_* aware) and exec Envoy", runEnvoy},
+		{"ca", "Read the mesh CA (roots, issued certificates) and rotate its root", runCA},
 		{"status", "List the proxies connected to a server and the versions they ACKed", runStatus},
 		{"services", "List the services of a server's catalog", runServices},
 		{"config-dump", "Print the xDS resources a server sends to one proxy", runConfigDump},

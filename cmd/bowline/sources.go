@@ -4,6 +4,7 @@ import (
 	"log/slog"
 
 	"github.com/bowlinemesh/bowline/adapters/file"
+	"github.com/bowlinemesh/bowline/adapters/kubernetes"
 	"github.com/bowlinemesh/bowline/config"
 	"github.com/bowlinemesh/bowline/discovery"
 )
@@ -16,7 +17,20 @@ func sourcesFor(cfg *config.Config, store *config.Store, log *slog.Logger) ([]di
 	sources := []discovery.Source{file.New(store)}
 	var fileSources []config.FileSource
 	// consul: adapters/consul (and Consul KV as a config source).
-	// nomad: adapters/nomad.
-	// kubernetes: adapters/kubernetes.
+	if n := cfg.Nomad; n != nil {
+		src, err := nomadSource(n, cfg.Mesh.TrustDomain, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		sources = append(sources, src)
+	}
+	if k := cfg.Kubernetes; k != nil {
+		client, err := kubernetes.NewClientset(k.Kubeconfig)
+		if err != nil {
+			return nil, nil, err
+		}
+		sources = append(sources, kubernetes.New(client, kubernetes.Config{TrustDomain: cfg.Mesh.TrustDomain, Namespaces: k.Namespaces},
+			log.With("component", "kubernetes")))
+	}
 	return sources, fileSources, nil
 }

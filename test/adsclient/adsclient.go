@@ -7,6 +7,7 @@
 package adsclient
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -43,6 +45,29 @@ type Options struct {
 	Reject func(typeURL string, resources []*anypb.Any) error
 	// Updates, when set, receives every applied response (it must not block for long).
 	Updates chan<- Update
+	// Light makes the client cheap enough to simulate thousands of proxies in
+	// one process: resource names are read from the wire (field 1 of every
+	// xDS resource type) instead of decoding each resource, only resources
+	// whose bytes changed are decoded (to find the EDS and RDS names that
+	// clusters and listeners refer to), and Update.Names is left nil.
+	Light bool
+	// OnApplied, when set, is called on the stream's goroutine after each
+	// response has been ACKed (or NACKed), with the resources it added or
+	// changed; resources a state-of-the-world response repeats unchanged are
+	// left out. It must not block for long.
+	OnApplied func(Applied)
+}
+
+// Applied describes one response after the client answered it.
+type Applied struct {
+	TypeURL string
+	Version string
+	// Changed holds the resources the response added or changed, by name.
+	Changed map[string]*anypb.Any
+	// Removed names the resources it removed.
+	Removed []string
+	NACKed  bool
+	Bytes   int
 }
 
 // Client is one simulated proxy.
@@ -53,11 +78,15 @@ type Client struct {
 	resources map[string]map[string]*anypb.Any // type -> name -> resource
 	versions  map[string]string
 	bytes     int64
+
+	// deps caches, in Light mode, the dependent names of each cluster and
+	// listener (type -> name -> EDS or RDS names); stream goroutine only.
+	deps map[string]map[string][]string
 }
 
 // New returns a client; call Run to connect.
 func New(opts Options) *Client {
-	return &Client{opts: opts, resources: map[string]map[string]*anypb.Any{}, versions: map[string]string{}}
+	return &Client{opts: opts, resources: map[string]map[string]*anypb.Any{}, versions: map[string]string{}, deps: map[string]map[string][]string{}}
 }
 
 // Version returns the last applied version of a type.
@@ -143,6 +172,49 @@ func dependents(typeURL string, rs map[string]*anypb.Any) (string, []string) {
 	return "", nil
 }
 
+// lightDependents updates the cache of dependent names with the resources
+// that changed or went away and returns the union, as dependents does.
+func (c *Client) lightDependents(typeURL string, changed map[string]*anypb.Any, removed []string) (string, []string) {
+	var dt string
+	switch typeURL {
+	case resourcev3.ClusterType:
+		dt = resourcev3.EndpointType
+	case resourcev3.ListenerType:
+		dt = resourcev3.RouteType
+	default:
+		return "", nil
+	}
+	cache := c.deps[typeURL]
+	if cache == nil {
+		cache = map[string][]string{}
+		c.deps[typeURL] = cache
+	}
+	for _, n := range removed {
+		delete(cache, n)
+	}
+	for n, a := range changed {
+		_, names := dependents(typeURL, map[string]*anypb.Any{n: a})
+		cache[n] = names
+	}
+	var names []string
+	for _, ns := range cache {
+		names = append(names, ns...)
+	}
+	return dt, sortedUnique(names)
+}
+
+// changedResources returns the resources of next that old lacks or holds
+// with other bytes.
+func changedResources(old, next map[string]*anypb.Any) map[string]*anypb.Any {
+	out := map[string]*anypb.Any{}
+	for n, a := range next {
+		if o, ok := old[n]; !ok || o.GetTypeUrl() != a.GetTypeUrl() || !bytes.Equal(o.GetValue(), a.GetValue()) {
+			out[n] = a
+		}
+	}
+	return out
+}
+
 func sortedUnique(s []string) []string {
 	slices.Sort(s)
 	return slices.Compact(s)
@@ -178,21 +250,31 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		t := resp.GetTypeUrl()
 		ack := &discoverypb.DiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(), ResourceNames: subscribed[t]}
 		size := 0
-		rs := map[string]*anypb.Any{}
+		rs := make(map[string]*anypb.Any, len(resp.GetResources()))
 		for _, a := range resp.GetResources() {
 			size += len(a.GetValue())
-			rs[resourceName(t, a)] = a
+			rs[c.name(t, a)] = a
 		}
 		var reject error
 		if c.opts.Reject != nil {
 			reject = c.opts.Reject(t, resp.GetResources())
 		}
+		var changed map[string]*anypb.Any
+		var removed []string
 		c.mu.Lock()
 		c.bytes += int64(size)
 		if reject != nil {
 			ack.VersionInfo = c.versions[t]
 			ack.ErrorDetail = &status.Status{Code: 3, Message: reject.Error()}
 		} else {
+			if c.opts.Light || c.opts.OnApplied != nil {
+				changed = changedResources(c.resources[t], rs)
+				for n := range c.resources[t] {
+					if _, ok := rs[n]; !ok {
+						removed = append(removed, n)
+					}
+				}
+			}
 			c.resources[t] = rs
 			c.versions[t] = resp.GetVersionInfo()
 			ack.VersionInfo = resp.GetVersionInfo()
@@ -201,11 +283,23 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		if err := send(ack); err != nil {
 			return fmt.Errorf("adsclient: ack: %w", err)
 		}
-		c.report(Update{TypeURL: t, Version: resp.GetVersionInfo(), Names: slices.Sorted(maps.Keys(rs)), NACKed: reject != nil, Bytes: size})
+		c.applied(Applied{TypeURL: t, Version: resp.GetVersionInfo(), Changed: changed, Removed: removed, NACKed: reject != nil, Bytes: size})
+		u := Update{TypeURL: t, Version: resp.GetVersionInfo(), NACKed: reject != nil, Bytes: size}
+		if !c.opts.Light {
+			u.Names = slices.Sorted(maps.Keys(rs))
+		}
+		c.report(u)
 		if reject != nil {
 			continue
 		}
-		if dt, names := dependents(t, rs); dt != "" && !slices.Equal(names, subscribed[dt]) {
+		var dt string
+		var names []string
+		if c.opts.Light {
+			dt, names = c.lightDependents(t, changed, removed)
+		} else {
+			dt, names = dependents(t, rs)
+		}
+		if dt != "" && !slices.Equal(names, subscribed[dt]) {
 			subscribed[dt] = names
 			c.mu.Lock()
 			v := c.versions[dt]
@@ -256,6 +350,9 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 			reject = c.opts.Reject(t, anys)
 		}
 		ack := &discoverypb.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
+		var changed map[string]*anypb.Any
+		var removed []string
+		var held map[string]*anypb.Any
 		c.mu.Lock()
 		c.bytes += int64(size)
 		if reject != nil {
@@ -263,6 +360,18 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 		} else {
 			if c.resources[t] == nil {
 				c.resources[t] = map[string]*anypb.Any{}
+			}
+			if c.opts.Light || c.opts.OnApplied != nil {
+				next := make(map[string]*anypb.Any, len(resp.GetResources()))
+				for _, r := range resp.GetResources() {
+					next[r.GetName()] = r.GetResource()
+				}
+				changed = changedResources(c.resources[t], next)
+				for _, n := range resp.GetRemovedResources() {
+					if _, ok := c.resources[t][n]; ok {
+						removed = append(removed, n)
+					}
+				}
 			}
 			for _, r := range resp.GetResources() {
 				c.resources[t][r.GetName()] = r.GetResource()
@@ -272,16 +381,30 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 			}
 			c.versions[t] = resp.GetSystemVersionInfo()
 		}
-		held := maps.Clone(c.resources[t])
+		if !c.opts.Light {
+			held = maps.Clone(c.resources[t])
+		}
 		c.mu.Unlock()
 		if err := send(ack); err != nil {
 			return fmt.Errorf("adsclient: ack: %w", err)
 		}
-		c.report(Update{TypeURL: t, Version: resp.GetSystemVersionInfo(), Names: slices.Sorted(maps.Keys(held)), NACKed: reject != nil, Bytes: size})
+		c.applied(Applied{TypeURL: t, Version: resp.GetSystemVersionInfo(), Changed: changed, Removed: removed, NACKed: reject != nil, Bytes: size})
+		u := Update{TypeURL: t, Version: resp.GetSystemVersionInfo(), NACKed: reject != nil, Bytes: size}
+		if !c.opts.Light {
+			u.Names = slices.Sorted(maps.Keys(held))
+		}
+		c.report(u)
 		if reject != nil {
 			continue
 		}
-		if dt, names := dependents(t, held); dt != "" && !slices.Equal(names, subscribed[dt]) {
+		var dt string
+		var names []string
+		if c.opts.Light {
+			dt, names = c.lightDependents(t, changed, removed)
+		} else {
+			dt, names = dependents(t, held)
+		}
+		if dt != "" && !slices.Equal(names, subscribed[dt]) {
 			var sub, unsub []string
 			for _, n := range names {
 				if !slices.Contains(subscribed[dt], n) {
@@ -299,6 +422,46 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 			}
 		}
 	}
+}
+
+func (c *Client) applied(a Applied) {
+	if c.opts.OnApplied != nil {
+		c.opts.OnApplied(a)
+	}
+}
+
+// name reads a resource's name: decoded, or from the wire in Light mode.
+func (c *Client) name(typeURL string, a *anypb.Any) string {
+	if c.opts.Light {
+		return wireName(a.GetValue())
+	}
+	return resourceName(typeURL, a)
+}
+
+// wireName reads field 1 of an encoded resource: the name of a Listener,
+// RouteConfiguration, Cluster, Secret and ScopedRouteConfiguration, the
+// cluster_name of a ClusterLoadAssignment.
+func wireName(b []byte) string {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return ""
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return ""
+			}
+			return string(v)
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return ""
+		}
+		b = b[n:]
+	}
+	return ""
 }
 
 func (c *Client) report(u Update) {

@@ -359,4 +359,3 @@ service_defaults "greeter" {
 		t.Fatalf("30 users all hashed to %v: the key is not used", seen)
 	}
 }
-

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -38,6 +39,12 @@ type Options struct {
 	InboundPort uint32
 	LocalPort   uint32
 	Delta       bool
+	// Identity (identity.go): Token proves the workload's identity (Envoy
+	// sends it in its node metadata); CertDir holds a gRPC workload's
+	// cert.pem, key.pem and ca.pem, re-read every CertRefresh.
+	Token       string
+	CertDir     string
+	CertRefresh time.Duration
 }
 
 func (o Options) metadata(kind string) map[string]any {
@@ -61,6 +68,7 @@ func (o Options) metadata(kind string) map[string]any {
 	if o.LocalPort != 0 {
 		m[server.MetaLocalPort] = strconv.Itoa(int(o.LocalPort))
 	}
+	o.identityMetadata(kind, m)
 	return m
 }
 
@@ -97,6 +105,9 @@ func GRPC(o Options) ([]byte, error) {
 			"metadata": o.metadata("grpc"),
 			"locality": map[string]any{},
 		},
+	}
+	if err := o.addGRPCIdentity(doc); err != nil {
+		return nil, err
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {

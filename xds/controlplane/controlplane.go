@@ -23,6 +23,7 @@ import (
 
 	"github.com/bowlinemesh/bowline/config"
 	"github.com/bowlinemesh/bowline/discovery"
+	"github.com/bowlinemesh/bowline/identity"
 	"github.com/bowlinemesh/bowline/xds/admin"
 	"github.com/bowlinemesh/bowline/xds/server"
 )
@@ -53,6 +54,8 @@ type ControlPlane struct {
 	Catalog *discovery.Catalog
 	XDS     *server.Server
 	Admin   *admin.API
+	// Identity is the mesh CA (identity.go).
+	Identity *identity.Authority
 
 	opts        Options
 	log         *slog.Logger
@@ -85,7 +88,12 @@ func New(opts Options) (*ControlPlane, error) {
 	cp := &ControlPlane{opts: opts, log: log}
 	cp.Store = config.NewStore(log.With("component", "config"))
 	cp.Catalog = discovery.NewCatalog(log.With("component", "catalog"), discovery.Options{})
-	cp.XDS = server.New(log.With("component", "xds"), server.Options{Debounce: opts.Debounce, Registerer: reg, Check: opts.Check})
+	ident, err := newIdentity(opts, cp.Store, log.With("component", "identity"), reg)
+	if err != nil {
+		return nil, err
+	}
+	cp.Identity = ident
+	cp.XDS = server.New(log.With("component", "xds"), server.Options{Debounce: opts.Debounce, Registerer: reg, Check: opts.Check, Identity: ident})
 	cp.Admin = admin.New(log.With("component", "admin"), cp.Catalog, cp.Store, cp.XDS, reg, reg)
 
 	startup, err := StartupConfig(opts.ConfigDir)
@@ -115,6 +123,7 @@ func New(opts Options) (*ControlPlane, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cp.XDS.Register(cp.grpc)
+	cp.wireIdentity() // the signing service and the CA's admin endpoints (identity.go)
 	cp.http = &http.Server{Handler: cp.Admin, ReadHeaderTimeout: 10 * time.Second}
 	return cp, nil
 }

@@ -54,14 +54,15 @@ func (c *callbacks) closeStream(id int64) {
 	p.streams--
 	if p.streams <= 0 {
 		delete(c.proxies, st.nodeID)
-		c.cache.ClearSnapshot(st.nodeID)
+		c.cache.clear(st.nodeID)
 		c.metrics.connected.Set(float64(len(c.proxies)))
 		c.log.Info("proxy disconnected", "proxy", st.nodeID)
 	}
 }
 
 // attach registers the stream's proxy on its first request.
-func (c *callbacks) attach(id int64, node *core.Node, delta bool) (*proxy, error) {
+// att is the sidecar's attestation (identity.go), made before the lock.
+func (c *callbacks) attach(id int64, node *core.Node, delta bool, att *attestation) (*proxy, error) {
 	st, ok := c.streams[id]
 	if !ok {
 		st = &stream{delta: delta, sent: map[string]string{}}
@@ -84,6 +85,7 @@ func (c *callbacks) attach(id int64, node *core.Node, delta bool) (*proxy, error
 	if !ok {
 		p = newProxy(st.nodeID, spec, node.GetUserAgentName(), delta)
 		c.proxies[st.nodeID] = p
+		(*Server)(c).attachIdentityLocked(p, att)
 		c.metrics.connected.Set(float64(len(c.proxies)))
 		c.log.Info("proxy connected", "proxy", p.id, "kind", spec.Kind, "service", spec.Service, "delta", delta)
 		(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
@@ -93,9 +95,10 @@ func (c *callbacks) attach(id int64, node *core.Node, delta bool) (*proxy, error
 }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest) error {
+	att := (*Server)(c).attestStream(id, req.GetNode())
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p, err := c.attach(id, req.GetNode(), false)
+	p, err := c.attach(id, req.GetNode(), false, att)
 	if err != nil {
 		return err
 	}
@@ -112,9 +115,10 @@ func (c *callbacks) OnStreamResponse(context.Context, int64, *discoverypb.Discov
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoverypb.DeltaDiscoveryRequest) error {
+	att := (*Server)(c).attestStream(id, req.GetNode())
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p, err := c.attach(id, req.GetNode(), true)
+	p, err := c.attach(id, req.GetNode(), true, att)
 	if err != nil {
 		return err
 	}

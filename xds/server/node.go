@@ -85,6 +85,9 @@ func ProxyFromNode(n *core.Node) (translate.Proxy, error) {
 	if v, ok := fields[MetaAllServices]; ok {
 		p.AllServices = v.GetBoolValue() || v.GetStringValue() == "true"
 	}
+	if p.Kind == translate.KindGRPC {
+		p.TLS = certProviderFromNode(fields) // identity.go
+	}
 	return p, nil
 }
 

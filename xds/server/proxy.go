@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"slices"
 	"strings"
@@ -24,8 +25,9 @@ type proxy struct {
 	pending  map[string]pendingPush
 	lastNACK *NACK
 	buildErr string
-	services map[discovery.ServiceKey]struct{}
-	res      *translate.Resources
+	services map[discovery.ServiceKey]struct{} // the (shared) outbound part depends on these
+	own      map[discovery.ServiceKey]struct{} // and the inbound part on these
+	built    *built
 }
 
 type pendingPush struct {
@@ -64,17 +66,25 @@ func newProxy(id string, spec translate.Proxy, userAgent string, delta bool) *pr
 	}
 }
 
-// key identifies the configuration a proxy receives: proxies with equal keys
-// share one translation.
-func (p *proxy) key() string {
+// specKey identifies what a translation depends on in a proxy's spec:
+// proxies (and parts) with equal keys share one translation.
+func specKey(s translate.Proxy) string {
 	var b strings.Builder
-	s := p.spec
-	fmt.Fprintf(&b, "%s|%s|%d|%d|%t|%s/%s/%s|", s.Kind, s.Service, s.InboundPort, s.LocalPort, s.AllServices, s.Locality.Region, s.Locality.Zone, s.Locality.SubZone)
+	name := s.Service.Name
+	if s.Kind == translate.KindGRPC {
+		name = "" // a gRPC client's name does not change what it is sent
+	}
+	fmt.Fprintf(&b, "%s|%d|%s/%s|%d|%d|%t|%s/%s/%s|", s.Kind, s.Part, s.Service.Namespace, name, s.InboundPort, s.LocalPort,
+		s.AllServices, s.Locality.Region, s.Locality.Zone, s.Locality.SubZone)
 	for _, u := range s.Upstreams {
 		fmt.Fprintf(&b, "%s:%d,", u.Service, u.LocalPort)
 	}
 	b.WriteByte('|')
 	b.WriteString(strings.Join(s.Listeners, ","))
+	if t := s.TLS; t != nil {
+		sum := sha256.Sum256(append(append([]byte{}, t.CertChain...), t.PrivateKey...))
+		fmt.Fprintf(&b, "|tls:%s:%s:%x", t.SPIFFEID, t.CertProvider, sum[:8])
+	}
 	return b.String()
 }
 
@@ -89,6 +99,9 @@ func (p *proxy) affectedBy(changed map[discovery.ServiceKey]struct{}) bool {
 	}
 	for k := range changed {
 		if _, ok := p.services[k]; ok {
+			return true
+		}
+		if _, ok := p.own[k]; ok {
 			return true
 		}
 	}

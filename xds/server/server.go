@@ -9,8 +9,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -21,12 +19,10 @@ import (
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/bowlinemesh/bowline/config"
 	"github.com/bowlinemesh/bowline/discovery"
@@ -53,13 +49,19 @@ type Options struct {
 	// Check runs translate.Check on every configuration before it is served
 	// (tests turn it on; a failing check keeps the previous configuration).
 	Check bool
+	// Identity, when set, issues the certificates of proven sidecars over
+	// SDS and supplies the trust bundle (identity.go).
+	Identity Identity
 }
 
 // Server is the xDS server.
 type Server struct {
 	log      *slog.Logger
 	opts     Options
-	cache    cachev3.SnapshotCache
+	cache    *xdsCache
+	marshal  *marshaller
+	memo     *translate.Memo
+	memoSize int
 	xds      serverv3.Server
 	metrics  *metrics
 	ready    chan struct{}
@@ -69,6 +71,7 @@ type Server struct {
 	in      translate.Input
 	proxies map[string]*proxy
 	streams map[int64]*stream
+	ident   identityState
 }
 
 type stream struct {
@@ -101,8 +104,11 @@ func New(log *slog.Logger, opts Options) *Server {
 		proxies: map[string]*proxy{},
 		streams: map[int64]*stream{},
 	}
-	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger{log})
+	s.cache = newXDSCache()
+	s.marshal = newMarshaller()
+	s.memo = translate.NewMemo()
 	s.xds = serverv3.NewServer(context.Background(), s.cache, (*callbacks)(s))
+	s.initIdentity()
 	return s
 }
 
@@ -118,6 +124,7 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // Run follows the catalog and the configuration until ctx is cancelled,
 // rebuilding the configuration of the proxies each change affects.
 func (s *Server) Run(ctx context.Context, catalog CatalogFeed, cfg ConfigFeed) error {
+	defer s.startIdentity(ctx)() // certificate renewal (identity.go)
 	snaps, cancelSnaps := catalog.Subscribe()
 	defer cancelSnaps()
 	cfgs, cancelCfgs := cfg.Subscribe()
@@ -189,18 +196,54 @@ func (s *Server) apply(snap *discovery.Snapshot, cfg *config.Config, changed map
 		}
 		s.rebuildLocked(p, shared, since)
 	}
+	// Forget translations and marshalled resources nobody used this round,
+	// when every proxy was rebuilt or the memo has grown by half.
+	if n := s.memo.Len(); all || n > s.memoSize*3/2+64 {
+		s.memo.Sweep()
+		s.marshal.sweep()
+		s.memoSize = s.memo.Len()
+	}
 }
 
 // built is one translation, shared by the proxies with the same key.
 type built struct {
 	res      *translate.Resources
+	parts    [2]*built // outbound and inbound, when composed (res is then nil)
+	own      map[discovery.ServiceKey]struct{}
+	sets     map[string]*typeSet
 	versions map[string]string
 	services map[discovery.ServiceKey]struct{}
 	err      error
 }
 
+// build translates a proxy's configuration. A sidecar's is made of two
+// parts: the outbound part (what it calls), shared by every proxy with the
+// same upstreams, and the inbound part (its own workload). Each part is built
+// once per round for all the proxies that share it.
 func (s *Server) build(p *proxy, shared map[string]*built) *built {
-	key := p.key()
+	key := "proxy|" + specKey(p.spec)
+	if b, ok := shared[key]; ok {
+		return b
+	}
+	var b *built
+	if p.spec.Kind == translate.KindSidecar && p.spec.Part == translate.PartAll {
+		b = compose(s.buildPart(outboundSpec(p.spec, s.in.Catalog), shared), s.buildPart(inboundSpec(p.spec), shared))
+		if b.err == nil && s.opts.Check {
+			b.err = translate.Check(b.resources())
+		}
+	} else {
+		b = s.buildPart(p.spec, shared)
+		if b.err == nil && s.opts.Check {
+			b.err = translate.Check(b.res)
+		}
+	}
+	shared[key] = b
+	return b
+}
+
+// buildPart translates one part (or the whole) of a configuration.
+func (s *Server) buildPart(spec translate.Proxy, shared map[string]*built) *built {
+	key := "part|" + specKey(spec)
 	if b, ok := shared[key]; ok {
 		return b
 	}
@@ -211,14 +254,18 @@ func (s *Server) build(p *proxy, shared map[string]*built) *built {
 	if in.Config == nil {
 		in.Config = &config.Config{Mesh: config.Mesh{TrustDomain: config.DefaultTrustDomain}}
 	}
+	in.Memo = s.memo
 	b := &built{}
-	b.res, b.err = translate.Build(in, p.spec)
+	b.res, b.err = translate.Build(in, spec)
 	s.metrics.builds.Inc()
-	if b.err == nil && s.opts.Check {
-		b.err = translate.Check(b.res)
+	if b.err == nil {
+		b.sets, b.err = s.typeSets(b.res)
 	}
 	if b.err == nil {
-		b.versions = versions(b.res)
+		b.versions = map[string]string{}
+		for t, ts := range b.sets {
+			b.versions[t] = ts.version
+		}
 		b.services = map[discovery.ServiceKey]struct{}{}
 		for _, k := range b.res.Services {
 			b.services[k] = struct{}{}
@@ -226,6 +273,111 @@ func (s *Server) build(p *proxy, shared map[string]*built) *built {
 	}
 	shared[key] = b
 	return b
+}
+
+// compose joins the outbound and inbound parts of a sidecar's
+// configuration. It costs a few pointers per type: the parts' resources are
+// shared, and the joined Resources are only assembled when asked for
+// (resources).
+func compose(out, in *built) *built {
+	if out.err != nil {
+		return out
+	}
+	if in.err != nil {
+		return in
+	}
+	b := &built{parts: [2]*built{out, in}, sets: map[string]*typeSet{}, versions: map[string]string{}, services: out.services, own: in.services}
+	for t, ts := range out.sets {
+		b.sets[t] = layer(ts, in.sets[t])
+		b.versions[t] = b.sets[t].version
+	}
+	return b
+}
+
+// resources returns the translated resources (joining parts if need be).
+func (b *built) resources() *translate.Resources {
+	if b.res != nil || b.parts[0] == nil {
+		return b.res
+	}
+	out, in := b.parts[0].res, b.parts[1].res
+	r := &translate.Resources{
+		Listeners: mergeByName(out.Listeners, in.Listeners),
+		Routes:    mergeByName(out.Routes, in.Routes),
+		Clusters:  mergeByName(out.Clusters, in.Clusters),
+		Endpoints: mergeByName(out.Endpoints, in.Endpoints),
+		Secrets:   mergeByName(out.Secrets, in.Secrets),
+	}
+	seen := map[discovery.ServiceKey]bool{}
+	for _, k := range append(slices.Clone(out.Services), in.Services...) {
+		if !seen[k] {
+			seen[k] = true
+			r.Services = append(r.Services, k)
+		}
+	}
+	slices.SortFunc(r.Services, discovery.ServiceKey.Compare)
+	return r
+}
+
+func mergeByName(a, b []types.Resource) []types.Resource {
+	if len(b) == 0 {
+		return a
+	}
+	out := append(slices.Clone(a), b...)
+	slices.SortStableFunc(out, func(x, y types.Resource) int {
+		return strings.Compare(translate.ResourceName(x), translate.ResourceName(y))
+	})
+	return out
+}
+
+// outboundSpec is the part of a sidecar's configuration that does not depend
+// on its own workload: the upstreams (declared by its service in the catalog
+// and by its bootstrap), resolved here so that the part can be shared.
+func outboundSpec(p translate.Proxy, catalog *discovery.Snapshot) translate.Proxy {
+	o := p
+	o.Part = translate.PartOutbound
+	o.InboundPort, o.LocalPort = 0, 0
+	var ups []discovery.Upstream
+	if svc, ok := catalog.Service(p.Service); ok {
+		ups = append(ups, svc.Upstreams...)
+	}
+	ups = append(ups, p.Upstreams...)
+	slices.SortFunc(ups, func(a, b discovery.Upstream) int {
+		if c := a.Service.Compare(b.Service); c != 0 {
+			return c
+		}
+		return int(a.LocalPort) - int(b.LocalPort)
+	})
+	o.Upstreams = slices.Compact(ups)
+	o.Service = discovery.ServiceKey{Namespace: p.Service.Namespace}
+	return o
+}
+
+// inboundSpec is the part of a sidecar's configuration about its own workload.
+func inboundSpec(p translate.Proxy) translate.Proxy {
+	i := p
+	i.Part = translate.PartInbound
+	i.Upstreams, i.Listeners, i.AllServices = nil, nil, false
+	return i
+}
+
+// typeSets turns resources into marshalled entries per type.
+func (s *Server) typeSets(r *translate.Resources) (map[string]*typeSet, error) {
+	sets := map[string]*typeSet{}
+	for t, list := range map[string][]types.Resource{
+		resourcev3.ListenerType: r.Listeners, resourcev3.RouteType: r.Routes, resourcev3.ClusterType: r.Clusters,
+		resourcev3.EndpointType: r.Endpoints, resourcev3.SecretType: r.Secrets,
+	} {
+		entries := make([]*entry, 0, len(list))
+		for _, res := range list {
+			e, err := s.marshal.entry(t, res, translate.ResourceName(res))
+			if err != nil {
+				return nil, fmt.Errorf("xds: marshal %s: %w", translate.ResourceName(res), err)
+			}
+			entries = append(entries, e)
+		}
+		sets[t] = newTypeSet(entries)
+	}
+	return sets, nil
 }
 
 // rebuildLocked translates p's configuration and, when its content changed,
@@ -239,21 +391,17 @@ func (s *Server) rebuildLocked(p *proxy, shared map[string]*built, since time.Ti
 		return
 	}
 	p.buildErr = ""
-	p.services = b.services
+	p.services, p.own = b.services, b.own
 	if maps.Equal(p.versions, b.versions) {
 		return
 	}
-	snap := &cachev3.Snapshot{}
-	snap.Resources[types.Listener] = cachev3.NewResources(b.versions[resourcev3.ListenerType], b.res.Listeners)
-	snap.Resources[types.Route] = cachev3.NewResources(b.versions[resourcev3.RouteType], b.res.Routes)
-	snap.Resources[types.Cluster] = cachev3.NewResources(b.versions[resourcev3.ClusterType], b.res.Clusters)
-	snap.Resources[types.Endpoint] = cachev3.NewResources(b.versions[resourcev3.EndpointType], b.res.Endpoints)
-	snap.Resources[types.Secret] = cachev3.NewResources(b.versions[resourcev3.SecretType], b.res.Secrets)
-	if err := s.cache.SetSnapshot(context.Background(), p.id, snap); err != nil {
-		s.metrics.buildErrors.Inc()
-		s.log.Error("xds: set snapshot", "proxy", p.id, "err", err)
-		return
+	changed := map[string]*typeSet{}
+	for t, ts := range b.sets {
+		if p.versions[t] != ts.version {
+			changed[t] = ts
+		}
 	}
+	s.cache.set(p.id, changed)
 	for t, v := range b.versions {
 		if p.versions[t] != v {
 			s.metrics.pushes.WithLabelValues(typeNames[t]).Inc()
@@ -261,30 +409,7 @@ func (s *Server) rebuildLocked(p *proxy, shared map[string]*built, since time.Ti
 		}
 	}
 	p.versions = b.versions
-	p.res = b.res
-}
-
-// versions hashes each type's resources (deterministic marshalling), so that
-// equal configurations get equal versions in every replica.
-func versions(r *translate.Resources) map[string]string {
-	out := map[string]string{}
-	for t, list := range map[string][]types.Resource{
-		resourcev3.ListenerType: r.Listeners, resourcev3.RouteType: r.Routes, resourcev3.ClusterType: r.Clusters,
-		resourcev3.EndpointType: r.Endpoints, resourcev3.SecretType: r.Secrets,
-	} {
-		h := sha256.New()
-		for _, res := range list {
-			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
-			if err != nil {
-				panic("xds: marshal " + translate.ResourceName(res) + ": " + err.Error())
-			}
-			h.Write([]byte(translate.ResourceName(res)))
-			h.Write([]byte{0})
-			h.Write(b)
-		}
-		out[t] = hex.EncodeToString(h.Sum(nil)[:8])
-	}
-	return out
+	p.built = b
 }
 
 // Proxies reports every connected proxy, ordered by id.
@@ -314,10 +439,10 @@ func (s *Server) ProxyResources(id string) (*translate.Resources, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.proxies[id]
-	if !ok || p.res == nil {
+	if !ok || p.built == nil {
 		return nil, false
 	}
-	return p.res, true
+	return p.built.resources(), true
 }
 
 // Input returns the catalog snapshot and configuration in use.
@@ -325,16 +450,4 @@ func (s *Server) Input() translate.Input {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.in
-}
-
-// cacheLogger adapts slog to go-control-plane's logger.
-type cacheLogger struct{ l *slog.Logger }
-
-func (c cacheLogger) Debugf(format string, args ...any) {}
-func (c cacheLogger) Infof(format string, args ...any)  {}
-func (c cacheLogger) Warnf(format string, args ...any) {
-	c.l.Debug("xds cache: " + strings.TrimSpace(fmt.Sprintf(format, args...)))
-}
-func (c cacheLogger) Errorf(format string, args ...any) {
-	c.l.Error("xds cache: " + strings.TrimSpace(fmt.Sprintf(format, args...)))
 }

@@ -134,6 +134,7 @@ func Check(r *Resources) error {
 			errs = append(errs, fmt.Errorf("endpoints %q belong to no cluster", resourceName(e)))
 		}
 	}
+	errs = append(errs, checkSecrets(r)...) // every SDS name exists (secrets.go)
 	return errors.Join(errs...)
 }
 

@@ -3,6 +3,7 @@ package translate_test
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -103,6 +104,10 @@ func checkGRPCListeners(t *testing.T, res *translate.Resources) {
 	t.Helper()
 	for _, r := range res.Listeners {
 		l := r.(*listener.Listener)
+		if strings.HasPrefix(l.GetName(), translate.ServerListenerPrefix) {
+			checkGRPCServerListener(t, l) // tls_test.go
+			continue
+		}
 		api := l.GetApiListener().GetApiListener()
 		if api == nil {
 			t.Errorf("listener %q: a proxyless gRPC client needs an api_listener", l.GetName())

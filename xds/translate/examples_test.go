@@ -67,6 +67,26 @@ func TestExamplesGolden(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				// A memo shared with other proxies changes nothing.
+				memo := translate.NewMemo()
+				for _, other := range proxies {
+					minput := in
+					minput.Memo = memo
+					if _, err := translate.Build(minput, other); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for range 2 {
+					minput := in
+					minput.Memo = memo
+					mres, err := translate.Build(minput, proxies[kind])
+					if err != nil {
+						t.Fatal(err)
+					}
+					if b, _ := render(mres); !bytes.Equal(got, b) {
+						t.Fatalf("building with a memo changed the output:\n%s", lineDiff(got, b))
+					}
+				}
 				golden := filepath.Join("testdata", "examples", name+"."+kind+".golden.json")
 				if *update {
 					if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {

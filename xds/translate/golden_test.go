@@ -44,6 +44,10 @@ type proxySpec struct {
 	Upstreams   []upstreamSpec `json:"upstreams"`
 	Listeners   []string       `json:"listeners"`
 	AllServices bool           `json:"all_services"`
+	// Identity gives a sidecar the test certificate of testdata/tls;
+	// CertProvider names a gRPC client's certificate provider (tls_test.go).
+	Identity     bool   `json:"identity"`
+	CertProvider string `json:"cert_provider"`
 }
 
 type upstreamSpec struct {
@@ -59,6 +63,7 @@ func (s proxySpec) proxy() translate.Proxy {
 		LocalPort:   s.LocalPort,
 		Listeners:   slices.Clone(s.Listeners),
 		AllServices: s.AllServices,
+		TLS:         s.tls(),
 	}
 	for _, u := range s.Upstreams {
 		p.Upstreams = append(p.Upstreams, discovery.Upstream{
@@ -111,7 +116,7 @@ func (c goldenCase) input(rng *rand.Rand) translate.Input {
 			rng.Shuffle(len(s.Upstreams), func(i, j int) { s.Upstreams[i], s.Upstreams[j] = s.Upstreams[j], s.Upstreams[i] })
 		}
 	}
-	return translate.Input{Catalog: discovery.NewSnapshot(nil, services), Config: c.cfg}
+	return translate.Input{Catalog: discovery.NewSnapshot(nil, services), Config: c.cfg, TrustBundle: testBundle}
 }
 
 func shuffledProxy(p translate.Proxy, rng *rand.Rand) translate.Proxy {

@@ -28,7 +28,7 @@ func JSON(r *Resources) ([]byte, error) {
 			if j > 0 {
 				buf.WriteString(",")
 			}
-			b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(res)
+			b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(Redact(res)) // no private keys (secrets.go)
 			if err != nil {
 				return nil, fmt.Errorf("translate: render %s: %w", resourceName(res), err)
 			}

@@ -26,9 +26,12 @@ func (b *builder) sidecar() error {
 		}
 	}
 	proto := b.lookup(b.p.Service).Protocol
-	if inbound != 0 && local != 0 {
+	if inbound != 0 && local != 0 && b.p.Part != PartOutbound {
 		b.res.Listeners = append(b.res.Listeners, buildInboundListener(inbound, proto))
 		b.res.Clusters = append(b.res.Clusters, buildLocalAppCluster(local, proto))
+	}
+	if b.p.Part == PartInbound {
+		return nil
 	}
 
 	var upstreams []discovery.Upstream
@@ -84,6 +87,10 @@ func (b *builder) proxyless() {
 	slices.Sort(names)
 	names = slices.Compact(names)
 	for _, name := range names {
+		if l, ok := b.serverListener(name); ok { // an xDS-enabled gRPC server (grpcserver.go)
+			b.res.Listeners = append(b.res.Listeners, l)
+			continue
+		}
 		k, ok := b.targetService(name)
 		if !ok {
 			continue

@@ -53,12 +53,36 @@ type Proxy struct {
 	// Listeners are the listener names a gRPC client asked for (its dial
 	// targets).
 	Listeners []string
+	// Part selects part of a sidecar's configuration, so that the bulk of it
+	// (outbound) can be shared by proxies that differ only in their own
+	// service (inbound). The zero value builds everything.
+	Part Part
+	// TLS is the proxy's identity material (tls.go); nil when it has none.
+	TLS *ProxyTLS
 }
+
+// Part is a part of a proxy's configuration.
+type Part int
+
+// The parts of a configuration.
+const (
+	// PartAll is the whole configuration.
+	PartAll Part = iota
+	// PartInbound is what depends on the proxy's own workload: a sidecar's
+	// inbound listener, its local app cluster and its own secrets.
+	PartInbound
+	// PartOutbound is everything else: what the proxy calls.
+	PartOutbound
+)
 
 // Input is everything translation reads.
 type Input struct {
 	Catalog *discovery.Snapshot
 	Config  *config.Config
+	// Memo, when set, shares per-service resources between builds.
+	Memo *Memo
+	// TrustBundle is the mesh CA's trust bundle (PEM), served to sidecars.
+	TrustBundle []byte
 }
 
 // Resources is the translated configuration of one proxy, each list sorted by
@@ -112,19 +136,20 @@ func Build(in Input, p Proxy) (*Resources, error) {
 	// Route configurations first: their rules may send traffic to other
 	// services, whose clusters are then needed too.
 	for _, k := range sortedKeys(b.routes) {
-		b.res.Routes = append(b.res.Routes, b.buildRouteConfig(b.routes[k]))
+		b.res.Routes = append(b.res.Routes, b.memoRouteConfig(b.routes[k]))
 	}
 	// Only the clusters something refers to: proxyless gRPC asks for exactly
 	// those, and the ADS cache answers only when the two sets agree.
 	for _, name := range slices.Sorted(maps.Keys(b.clusters)) {
 		c := b.clusters[name]
 		svc := b.services[c.service]
-		b.res.Clusters = append(b.res.Clusters, b.buildCluster(name, svc.Protocol, b.defaults(c.service)))
-		b.res.Endpoints = append(b.res.Endpoints, b.buildLoadAssignment(name, svc, c.subset))
+		b.res.Clusters = append(b.res.Clusters, b.memoCluster(name, svc, c))
+		b.res.Endpoints = append(b.res.Endpoints, b.memoLoadAssignment(name, svc, c))
 	}
 	for _, k := range sortedKeys(b.services) {
 		b.res.Services = append(b.res.Services, k)
 	}
+	b.secure() // mutual TLS and SDS secrets (tls.go)
 	sortByName(b.res.Listeners)
 	sortByName(b.res.Routes)
 	sortByName(b.res.Clusters)
@@ -144,6 +169,8 @@ type builder struct {
 	p        Proxy
 	res      Resources
 	services map[discovery.ServiceKey]*discovery.Service
+	// recorder, while set, records useCluster calls (see memoRouteConfig).
+	recorder *recorder
 	// clusters are the clusters that listeners and routes refer to.
 	clusters map[string]clusterRef
 	// routes are the services whose route configuration a listener names.
@@ -181,6 +208,9 @@ func (b *builder) useCluster(k discovery.ServiceKey, subset string) string {
 		name = SubsetClusterName(k, subset)
 	}
 	b.clusters[name] = clusterRef{service: k, subset: subset}
+	if b.recorder != nil {
+		b.recorder.uses = append(b.recorder.uses, clusterUse{service: k, subset: subset})
+	}
 	return name
 }
 
