@@ -16,7 +16,16 @@ import (
 func sourcesFor(cfg *config.Config, store *config.Store, log *slog.Logger) ([]discovery.Source, []config.FileSource, error) {
 	sources := []discovery.Source{file.New(store)}
 	var fileSources []config.FileSource
-	// consul: adapters/consul (and Consul KV as a config source).
+	if c := cfg.Consul; c != nil {
+		src, kv, err := consulSources(c, cfg.Mesh.TrustDomain, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		sources = append(sources, src)
+		if kv != nil {
+			fileSources = append(fileSources, kv)
+		}
+	}
 	if n := cfg.Nomad; n != nil {
 		src, err := nomadSource(n, cfg.Mesh.TrustDomain, log)
 		if err != nil {
