@@ -574,3 +574,10 @@ func TestIdentityAdminAPI(t *testing.T) {
 		t.Errorf("bowline ca rotate activate: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+func TestIdentityExampleValidates(t *testing.T) {
+	out, errOut, code := meshtest.Run(t, "validate", "../../examples/mtls")
+	if code != 0 {
+		t.Fatalf("bowline validate examples/mtls: exit %d\n%s%s", code, out, errOut)
+	}
+}

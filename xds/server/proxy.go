@@ -1,7 +1,6 @@
 package server
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"slices"
 	"strings"
@@ -81,10 +80,7 @@ func specKey(s translate.Proxy) string {
 	}
 	b.WriteByte('|')
 	b.WriteString(strings.Join(s.Listeners, ","))
-	if t := s.TLS; t != nil {
-		sum := sha256.Sum256(append(append([]byte{}, t.CertChain...), t.PrivateKey...))
-		fmt.Fprintf(&b, "|tls:%s:%s:%x", t.SPIFFEID, t.CertProvider, sum[:8])
-	}
+	b.WriteString(tlsKey(s.TLS))
 	return b.String()
 }
 

@@ -349,6 +349,12 @@ func outboundSpec(p translate.Proxy, catalog *discovery.Snapshot) translate.Prox
 	})
 	o.Upstreams = slices.Compact(ups)
 	o.Service = discovery.ServiceKey{Namespace: p.Service.Namespace}
+	if t := p.TLS; t != nil && len(t.CertChain) > 0 {
+		// Only whether the sidecar has an identity shapes the outbound part
+		// (its clusters name the secrets); the certificate itself is in the
+		// inbound part, so sidecars of different services share this one.
+		o.TLS = &translate.ProxyTLS{SPIFFEID: "present"}
+	}
 	return o
 }
 

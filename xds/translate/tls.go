@@ -68,7 +68,16 @@ const (
 // certificate and the translation has a bundle to verify peers with.
 func (b *builder) sidecarIdentity() bool {
 	t := b.p.TLS
-	return b.p.Kind == KindSidecar && t != nil && len(t.CertChain) > 0 && len(t.PrivateKey) > 0 && len(b.in.TrustBundle) > 0
+	if b.p.Kind != KindSidecar || t == nil || len(b.in.TrustBundle) == 0 {
+		return false
+	}
+	if b.p.Part == PartOutbound {
+		// The shared outbound part only needs to know that the sidecar has
+		// an identity: its clusters name the secrets, which the inbound
+		// part carries.
+		return t.SPIFFEID != ""
+	}
+	return len(t.CertChain) > 0 && len(t.PrivateKey) > 0
 }
 
 // certProvider returns the gRPC certificate provider instance of the proxy,
@@ -125,7 +134,11 @@ func (b *builder) secure() {
 			c.TransportSocket = transportSocket(grpcUpstreamTLS(provider, ids))
 		}
 	}
-	if sidecar && (usesSecrets || b.inboundUsesTLS()) {
+	switch {
+	case !sidecar || b.p.Part == PartOutbound:
+	case b.p.Part == PartInbound || usesSecrets || b.inboundUsesTLS():
+		// The inbound part always carries the secrets: the outbound part,
+		// built apart, may refer to them.
 		b.res.Secrets = append(b.res.Secrets, b.secrets()...)
 	}
 }

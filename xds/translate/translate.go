@@ -9,8 +9,10 @@
 // upstreams the workload declares) and proxyless gRPC (API listeners named
 // after the dial targets xds:///<service> and xds:///<service>.<namespace>).
 //
-// One file per xDS type: listeners.go, routes.go, clusters.go, endpoints.go;
-// filters.go holds the HTTP filter chain with its places for later filters.
+// One file per xDS type: listeners.go, routes.go, clusters.go, endpoints.go,
+// secrets.go; filters.go holds the HTTP filter chain with its places for later
+// filters; tls.go applies mutual TLS and grpcserver.go answers xDS-enabled
+// gRPC servers.
 package translate
 
 import (
