@@ -16,7 +16,13 @@
 //     of 0 is raised to 1;
 //   - two requests of one watch are at least 50ms apart;
 //   - after an error the watch waits (exponential backoff with jitter) and
-//     then reads without blocking.
+//     then reads without blocking;
+//   - the catalog watch's reads without index (the first, and those after an
+//     error) are consistent reads: a Consul server that has just restarted
+//     answers default reads from a store still replaying its raft log, which
+//     lacks the newest registrations, while a consistent read waits until
+//     the log is applied. Without this, a restart would briefly remove
+//     services.
 //
 // A snapshot restore needs more: Consul ends some blocking queries early but
 // with the old index, and others (health queries, often the catalog's too)

@@ -294,10 +294,18 @@ func (r *run) connLimitHint(err error) {
 }
 
 // listServices reads the service names (a blocking query unless index is 0).
+//
+// A read without index (the first one, and the probes after a failure) is a
+// consistent read: a Consul server that has just restarted answers default
+// reads while it is still replaying its raft log, from a catalog that lacks
+// the newest registrations (a third of them, say, with a lower index), and
+// only a consistent read waits until the leader has applied the whole log.
+// The service watches read after this one succeeds (the gate), so they see
+// the whole catalog too.
 func (s *Source) listServices(ctx context.Context, index uint64) (map[string][]string, *api.QueryMeta, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout(index, s.catalogWait))
 	defer cancel()
-	q := &api.QueryOptions{Datacenter: s.cfg.Datacenter, WaitIndex: index, WaitTime: s.catalogWait}
+	q := &api.QueryOptions{Datacenter: s.cfg.Datacenter, WaitIndex: index, WaitTime: s.catalogWait, RequireConsistent: index == 0}
 	return s.client.Catalog().Services(q.WithContext(ctx))
 }
 

@@ -17,6 +17,7 @@ func consulSources(d *config.ConsulDecl, trustDomain string, log *slog.Logger) (
 		Token:       d.Token,
 		Datacenter:  d.Datacenter,
 		TrustDomain: trustDomain,
+		MaxConns:    d.MaxConns,
 	}, log.With("component", "consul"))
 	if err != nil {
 		return nil, nil, err
