@@ -23,6 +23,9 @@ type fragment struct {
 	subsets  []*Subset
 	routes   []*Route
 	identity *IdentityDecl
+	authz    []*Authorization
+	tel      *TelemetryDecl // the telemetry block (telemetry.go)
+	rlimits  []*RateLimit   // rate_limit blocks (ratelimit_decode.go)
 }
 
 var fileSchema = &hcl.BodySchema{
@@ -36,6 +39,9 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "subset", LabelNames: []string{"service", "name"}},
 		{Type: "route", LabelNames: []string{"service"}},
 		{Type: "identity"},
+		{Type: "authorization", LabelNames: []string{"service"}},
+		{Type: "telemetry"},
+		{Type: "rate_limit", LabelNames: []string{"service"}},
 	},
 }
 
@@ -45,7 +51,7 @@ func parseFile(p *hclparse.Parser, name string, src []byte) (*hcl.File, hcl.Diag
 	if strings.HasSuffix(name, ".json") {
 		return p.ParseJSON(src, name)
 	}
-	return p.ParseHCL(src, name)
+	return parseNative(src, name) // oneline.go: one-line blocks may hold several arguments
 }
 
 func decodeFile(f *hcl.File) (*fragment, hcl.Diagnostics) {
@@ -111,6 +117,22 @@ func decodeFile(f *hcl.File) (*fragment, hcl.Diagnostics) {
 				continue
 			}
 			frag.identity = id
+		case "authorization":
+			a, ds := decodeAuthorizationBlock(b)
+			diags = append(diags, ds...)
+			frag.authz = append(frag.authz, a)
+		case "telemetry":
+			t, ds := decodeTelemetryBlock(b) // telemetry.go
+			diags = append(diags, ds...)
+			if frag.tel != nil {
+				diags = append(diags, duplicateBlock("telemetry", b, frag.tel.DeclRange))
+				continue
+			}
+			frag.tel = t
+		case "rate_limit":
+			rl, ds := decodeRateLimitBlock(b) // ratelimit_decode.go
+			diags = append(diags, ds...)
+			frag.rlimits = append(frag.rlimits, rl)
 		}
 	}
 	return frag, diags
@@ -126,7 +148,8 @@ func duplicateBlock(kind string, b *hcl.Block, prev hcl.Range) *hcl.Diagnostic {
 }
 
 var meshSchema = &hcl.BodySchema{
-	Attributes: []hcl.AttributeSchema{{Name: "trust_domain"}},
+	Attributes: []hcl.AttributeSchema{{Name: "trust_domain"}, {Name: "default_deny"}, {Name: "enforce"}},
+	Blocks:     []hcl.BlockHeaderSchema{{Type: "policyd"}},
 }
 
 var trustDomainRe = regexp.MustCompile(`^[a-z0-9._-]+$`)
@@ -140,6 +163,7 @@ func decodeMeshBlock(b *hcl.Block) (*Mesh, hcl.Diagnostics) {
 			diags = append(diags, attrError(a, "Invalid trust domain", "A trust domain is made of lower-case letters, digits, dots, dashes and underscores, for example \"mesh.example.com\"."))
 		}
 	}
+	diags = append(diags, decodeMeshPolicy(content, m)...) // authz_decode.go
 	return m, diags
 }
 
@@ -250,7 +274,7 @@ func decodeUpstreamBlock(b *hcl.Block) (*UpstreamDecl, hcl.Diagnostics) {
 }
 
 var consulSchema = &hcl.BodySchema{
-	Attributes: []hcl.AttributeSchema{{Name: "address"}, {Name: "token"}, {Name: "datacenter"}, {Name: "kv_prefix"}},
+	Attributes: []hcl.AttributeSchema{{Name: "address"}, {Name: "token"}, {Name: "datacenter"}, {Name: "kv_prefix"}, {Name: "max_conns"}},
 }
 
 func decodeConsulBlock(b *hcl.Block) (*ConsulDecl, hcl.Diagnostics) {
@@ -259,6 +283,14 @@ func decodeConsulBlock(b *hcl.Block) (*ConsulDecl, hcl.Diagnostics) {
 	for name, dst := range map[string]*string{"address": &c.Address, "token": &c.Token, "datacenter": &c.Datacenter, "kv_prefix": &c.KVPrefix} {
 		if a, ok := content.Attributes[name]; ok {
 			diags = append(diags, gohcl.DecodeExpression(a.Expr, nil, dst)...)
+		}
+	}
+	if a, ok := content.Attributes["max_conns"]; ok {
+		d := gohcl.DecodeExpression(a.Expr, nil, &c.MaxConns)
+		diags = append(diags, d...)
+		if !d.HasErrors() && (c.MaxConns < -1 || c.MaxConns == 1) {
+			diags = append(diags, attrError(a, "Invalid max_conns",
+				"max_conns is 0 (the default, 150), -1 (no bound: over HTTPS) or at least 2 (one connection for the catalog, one for services)."))
 		}
 	}
 	return c, diags

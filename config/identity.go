@@ -58,7 +58,9 @@ type IdentityDecl struct {
 	Services []*ServiceMTLSDecl
 	// JoinTokens are the tokens that prove workload identities.
 	JoinTokens []*JoinTokenDecl
-	DeclRange  hcl.Range
+	// Attest turns on the platforms' attestors (identity_attest.go).
+	Attest    *AttestDecl
+	DeclRange hcl.Range
 }
 
 // ServiceMTLSDecl is a `service` block inside `identity`: the mode of one
@@ -121,6 +123,7 @@ var identitySchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "service", LabelNames: []string{"name"}},
 		{Type: "join_token", LabelNames: []string{"service"}},
+		{Type: "attest"},
 	},
 }
 
@@ -164,6 +167,14 @@ func decodeIdentityBlock(b *hcl.Block) (*IdentityDecl, hcl.Diagnostics) {
 			t, d := decodeJoinTokenBlock(sb)
 			diags = append(diags, d...)
 			id.JoinTokens = append(id.JoinTokens, t)
+		case "attest":
+			a, d := decodeAttestBlock(sb)
+			diags = append(diags, d...)
+			if id.Attest != nil {
+				diags = append(diags, duplicateBlock("attest", sb, id.Attest.DeclRange))
+				continue
+			}
+			id.Attest = a
 		}
 	}
 	return id, diags

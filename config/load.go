@@ -174,6 +174,14 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 				cfg.Identity = fr.identity
 			}
 		}
+		if fr.tel != nil {
+			if cfg.Telemetry != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate telemetry block",
+					Detail: fmt.Sprintf("Telemetry is already configured at %s.", cfg.Telemetry.DeclRange), Subject: fr.tel.DeclRange.Ptr()})
+			} else {
+				cfg.Telemetry = fr.tel
+			}
+		}
 		traffic = append(traffic, fr)
 		for _, s := range fr.services {
 			key := s.Namespace + "/" + s.Name
@@ -187,6 +195,8 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 		}
 	}
 	diags = append(diags, assembleTraffic(cfg, traffic)...)
+	diags = append(diags, assembleAuthz(cfg, traffic)...) // authz_check.go
+	diags = append(diags, assembleRateLimits(cfg, traffic)...)
 	for _, d := range diags {
 		if d.Severity == hcl.DiagWarning {
 			cfg.Warnings = append(cfg.Warnings, d)

@@ -27,6 +27,13 @@ type Config struct {
 	Traffic *Traffic
 	// Identity configures the CA, mutual TLS and join tokens (identity.go).
 	Identity *IdentityDecl
+	// Authz holds the authorization rules (authz_model.go).
+	Authz *Authz
+	// Telemetry configures access logs, metrics and tracing (telemetry.go);
+	// nil means the defaults (TelemetrySettings).
+	Telemetry *TelemetryDecl
+	// RateLimits holds the rate_limit blocks (ratelimit_model.go).
+	RateLimits *RateLimits
 	// Warnings are diagnostics that did not stop the configuration.
 	Warnings hcl.Diagnostics
 	// Status describes which files are in force and which were rejected.
@@ -39,7 +46,14 @@ const DefaultTrustDomain = "bowline.local"
 // Mesh holds mesh-wide settings (the `mesh` block).
 type Mesh struct {
 	TrustDomain string
-	DeclRange   hcl.Range
+	// DefaultDeny denies requests to a service that no allow rule admits,
+	// also when the service has no rules (authz_model.go).
+	DefaultDeny bool
+	// Enforce is the mesh-wide enforcement point ("" = DefaultEnforce).
+	Enforce Enforce
+	// Policyd is where sidecars reach bowline policyd (nil: nowhere).
+	Policyd   *PolicydDecl
+	DeclRange hcl.Range
 }
 
 // ServiceDecl is a service declared in HCL (the `service` block), served by
@@ -82,6 +96,9 @@ type ConsulDecl struct {
 	Token      string
 	Datacenter string
 	// KVPrefix, when set, makes Consul KV a configuration source.
-	KVPrefix  string
+	KVPrefix string
+	// MaxConns bounds the requests open to Consul at once (adapters/consul
+	// Config.MaxConns): 0 is the adapter's default, -1 no bound.
+	MaxConns  int
 	DeclRange hcl.Range
 }
