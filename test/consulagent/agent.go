@@ -62,6 +62,9 @@ type Agent struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has exited
+	// reserved releases the ports held while the agent is stopped
+	// (reserve.go).
+	reserved func()
 }
 
 type ports struct {
@@ -73,6 +76,10 @@ type Options struct {
 	// HTTPMaxConnsPerClient is Consul's limits.http_max_conns_per_client:
 	// 0 means 4096, a negative value leaves Consul's default (200).
 	HTTPMaxConnsPerClient int
+	// ACLManagementToken, when set, turns ACLs on with the default policy
+	// "deny": the token (a UUID) is the initial management token and the
+	// agent's own token, and the agent's readiness checks use it.
+	ACLManagementToken string
 }
 
 // Start starts an agent and registers its shutdown with t.Cleanup. It fails
@@ -101,6 +108,7 @@ func StartWith(t testing.TB, o Options) *Agent {
 	}
 	t.Cleanup(func() {
 		a.Stop()
+		a.release()
 		if t.Failed() {
 			a.logTail(60)
 		}
@@ -155,6 +163,7 @@ func (a *Agent) Stop() {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
+	a.reserve() // until Restart (reserve.go)
 }
 
 // Restart stops the agent if it runs and starts it again on the same ports
@@ -169,11 +178,16 @@ func (a *Agent) Restart() {
 	}
 }
 
+// Binary returns the path of the Consul binary the agent runs, for tests
+// that use Consul's CLI against it.
+func (a *Agent) Binary() string { return a.bin }
+
 // LogPath returns the path of the agent's log file.
 func (a *Agent) LogPath() string { return a.logPath }
 
 // start launches the agent and waits until it is ready.
 func (a *Agent) start() error {
+	a.release()
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("open log: %w", err)
@@ -248,6 +262,9 @@ func (a *Agent) get(ctx context.Context, path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.opts.ACLManagementToken != "" {
+		req.Header.Set("X-Consul-Token", a.opts.ACLManagementToken)
+	}
 	resp, err := a.client.Do(req)
 	if err != nil {
 		return nil, err
@@ -268,6 +285,9 @@ func (a *Agent) writeConfig() error {
 	limits := ""
 	if n := cmp.Or(a.opts.HTTPMaxConnsPerClient, 4096); n > 0 {
 		limits = fmt.Sprintf("limits {\n  http_max_conns_per_client = %d\n}\n", n)
+	}
+	if t := a.opts.ACLManagementToken; t != "" {
+		limits += fmt.Sprintf("acl {\n  enabled        = true\n  default_policy = \"deny\"\n  tokens {\n    initial_management = %q\n    agent              = %q\n  }\n}\n", t, t)
 	}
 	cfg := fmt.Sprintf(`# Written by test/consulagent.
 node_name            = %q
