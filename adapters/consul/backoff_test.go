@@ -25,28 +25,6 @@ func TestNextIndex(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	b := &backoff{min: 100 * time.Millisecond, max: time.Second}
-	ceilings := []time.Duration{100, 200, 400, 800, 1000, 1000, 1000}
-	for i, c := range ceilings {
-		c *= time.Millisecond
-		d := b.next()
-		if d < c/2 || d > c {
-			t.Errorf("wait %d = %s, want within [%s, %s]", i, d, c/2, c)
-		}
-	}
-	b.reset()
-	if d := b.next(); d > 100*time.Millisecond {
-		t.Errorf("after reset: wait %s, want at most the minimum", d)
-	}
-	for range 100 { // many failures must not overflow
-		b.next()
-	}
-	if d := b.next(); d < 500*time.Millisecond || d > time.Second {
-		t.Errorf("after many failures: wait %s, want within [500ms, 1s]", d)
-	}
-}
-
 func TestGate(t *testing.T) {
 	g := newGate()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)

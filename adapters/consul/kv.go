@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bowlinemesh/bowline/adapters/retry"
 	"log/slog"
 	"net/http"
 	"os"
@@ -110,7 +111,7 @@ func (k *KVSource) Name() string { return KVFilePrefix + k.cfg.Prefix }
 // Run implements config.FileSource: it follows the prefix until ctx is
 // cancelled and then returns nil. It never fails because Consul is down.
 func (k *KVSource) Run(ctx context.Context, out chan<- config.FileSet) error {
-	bo := &backoff{min: k.cfg.MinBackoff, max: k.cfg.MaxBackoff}
+	bo := &retry.Backoff{Min: k.cfg.MinBackoff, Max: k.cfg.MaxBackoff}
 	var (
 		index   uint64 // the index to send
 		last    []config.File
@@ -143,12 +144,12 @@ func (k *KVSource) Run(ctx context.Context, out chan<- config.FileSet) error {
 				k.log.Debug("consul kv still unreachable", "err", err)
 			}
 			failing, index = true, 0
-			if !sleep(ctx, bo.next()) {
+			if !retry.Sleep(ctx, bo.Next()) {
 				return nil
 			}
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		if asked != 0 && meta.LastIndex == asked {
 			if cutShort(asked, meta.LastIndex, start, k.cfg.WaitTime) {
 				index = 0 // a snapshot restore: read without index

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bowlinemesh/bowline/adapters/retry"
 	"net/http"
 	"reflect"
 	"time"
@@ -52,7 +53,7 @@ func (r *run) watchCatalog(ctx context.Context) {
 			r.gate.set(false)
 			r.setDown(err)
 			index = 0
-			if !sleep(ctx, bo.next()) {
+			if !retry.Sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
@@ -61,7 +62,7 @@ func (r *run) watchCatalog(ctx context.Context) {
 			log.Info("consul reachable again")
 		}
 		failing = false
-		bo.reset()
+		bo.Reset()
 		if seen != 0 && meta.LastIndex < seen {
 			// Consul's state was replaced (a snapshot restore, a new
 			// cluster): the service watches block on indexes it will reach
@@ -206,13 +207,13 @@ func (r *run) watchService(ctx context.Context, w *watcher) {
 			failures++
 			r.serviceFailed(w, fmt.Errorf("consul: watch service %s: %w", w.name, err), failures)
 			index = 0
-			if !sleep(ctx, bo.next()) {
+			if !retry.Sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
 		}
 		failures = 0
-		bo.reset()
+		bo.Reset()
 		if index != 0 && meta.LastIndex == index {
 			if cutShort(index, meta.LastIndex, start, p.wait) {
 				index = 0
@@ -337,14 +338,14 @@ func requestTimeout(index uint64, wait time.Duration) time.Duration {
 	return wait + wait/16 + slack
 }
 
-func (s *Source) backoff() *backoff {
-	return &backoff{min: s.cfg.MinBackoff, max: s.cfg.MaxBackoff}
+func (s *Source) backoff() *retry.Backoff {
+	return &retry.Backoff{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff}
 }
 
 // pace waits until minQueryInterval has passed since *last, then records the
 // time of the next request; it reports false once ctx ends.
 func pace(ctx context.Context, last *time.Time) bool {
-	if d := minQueryInterval - time.Since(*last); d > 0 && !sleep(ctx, d) {
+	if d := minQueryInterval - time.Since(*last); d > 0 && !retry.Sleep(ctx, d) {
 		return false
 	}
 	*last = time.Now()

@@ -76,6 +76,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bowlinemesh/bowline/adapters/retry"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -201,7 +202,7 @@ func (s *Source) Run(ctx context.Context, updates chan<- discovery.State) error 
 		nodes:   map[string]nodeInfo{},
 		warned:  map[string]bool{},
 	}
-	bo := &backoff{min: s.cfg.MinBackoff, max: s.cfg.MaxBackoff}
+	bo := &retry.Backoff{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff}
 	for ctx.Err() == nil {
 		res := r.session(ctx)
 		if ctx.Err() != nil {
@@ -220,12 +221,12 @@ func (s *Source) Run(ctx context.Context, updates chan<- discovery.State) error 
 			}
 		case res.streamed:
 			// A stream that worked ended: resync after the shortest wait.
-			bo.reset()
+			bo.Reset()
 			s.log.Info("nomad event stream ended; resyncing", "err", res.err)
 		default:
 			s.log.Warn("nomad event stream failed; resyncing", "err", res.err)
 		}
-		if !sleep(ctx, bo.next()) {
+		if !retry.Sleep(ctx, bo.Next()) {
 			break
 		}
 	}

@@ -3,8 +3,10 @@
 // GET /v1/service/<name>, blocking queries with index and wait, X-Nomad-Index),
 // the event stream (GET /v1/event/stream, newline-delimited JSON, `{}`
 // heartbeats, replay from an index, Service and Allocation topics),
-// allocations (GET /v1/allocation/<id>, with the job spec inside) and nodes
-// (GET /v1/node/<id>).
+// allocations (GET /v1/allocation/<id>, with the job spec inside), nodes
+// (GET /v1/node/<id>) and the keyring's public keys
+// (GET /.well-known/jwks.json), with MintIdentity to sign workload
+// identities (identity.go).
 //
 // Its responses are built from responses captured from a real Nomad agent
 // (testdata/, see its README): the captured documents are the templates, so
@@ -287,6 +289,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method != http.MethodGet {
 		writeError(w, http.StatusMethodNotAllowed, "Invalid method")
+		return
+	}
+	if r.URL.Path == JWKSPath { // public, as Nomad serves it (identity.go)
+		s.serveJWKS(w)
 		return
 	}
 	if s.opts.Token != "" && r.Header.Get("X-Nomad-Token") != s.opts.Token {
