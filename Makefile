@@ -6,7 +6,7 @@ BIN       := bin
 CONSUL    := $(BIN)/consul
 TEST_TIMEOUT ?= 40m
 
-.PHONY: build run test unit lint bench consul clean
+.PHONY: build run test unit lint bench bench-full consul clean
 
 build:
 	$(GO) build -o $(BIN)/bowline ./cmd/bowline
@@ -28,8 +28,14 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
+## bench: Go benchmarks of xds/... and the xDS harness at a small size (bench/README.md)
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem ./xds/...
+	$(GO) run ./bench/cmd/xdsbench -plan quick
+
+## bench-full: every point of docs/PERFORMANCE.md against every peer (about an hour; needs `make consul`)
+bench-full: consul
+	$(GO) run ./bench/cmd/xdsbench -plan full
 
 ## consul: build a real Consul agent for the tests (from the Go module proxy, once)
 consul: $(CONSUL)

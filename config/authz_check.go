@@ -15,8 +15,13 @@ import (
 // another file changed.
 func assembleAuthz(cfg *Config, frags []*fragment) hcl.Diagnostics {
 	var diags hcl.Diagnostics
-	az := &Authz{Services: map[ServiceRef][]*Authorization{}}
+	az := &Authz{Services: map[ServiceRef][]*Authorization{}, JWT: map[ServiceRef][]*JWTDecl{}}
 	for _, fr := range frags {
+		for _, j := range fr.jwt {
+			nj := *j // fragments are shared with published configurations
+			nj.ID = fmt.Sprintf("%s/%d", j.Service, len(az.JWT[j.Service]))
+			az.JWT[j.Service] = append(az.JWT[j.Service], &nj)
+		}
 		for _, a := range fr.authz {
 			for _, prev := range az.Services[a.Service] {
 				if prev.Enforce != "" && a.Enforce != "" && prev.Enforce != a.Enforce {
@@ -91,6 +96,18 @@ func assembleAuthz(cfg *Config, frags []*fragment) hcl.Diagnostics {
 					}
 				}
 				checkRuleForProtocol(r, ref, proto, enforce, warn)
+				for _, c := range r.When {
+					if c.Kind == ConditionClaim && len(az.JWT[ref]) == 0 {
+						warn(c.DeclRange, "No jwt block", fmt.Sprintf("%s has no jwt block, so its requests carry no verified claims: %s never holds.", ref, c.Key))
+					}
+				}
+			}
+		}
+	}
+	for _, ref := range sortedRefs(az.JWT) {
+		for _, j := range az.JWT[ref] {
+			if !known(ref) {
+				warn(j.DeclRange, "Unknown service", fmt.Sprintf("No service block declares %s and no registry is configured: this jwt block applies to nothing until it exists.", ref))
 			}
 		}
 	}

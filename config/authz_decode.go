@@ -132,7 +132,7 @@ func decodeAuthorizationBlock(b *hcl.Block) (*Authorization, hcl.Diagnostics) {
 }
 
 var authzRuleSchema = &hcl.BodySchema{
-	Attributes: []hcl.AttributeSchema{{Name: "action", Required: true}, {Name: "mode"}},
+	Attributes: []hcl.AttributeSchema{{Name: "action", Required: true}, {Name: "mode"}, {Name: "audit"}},
 	Blocks:     []hcl.BlockHeaderSchema{{Type: "from"}, {Type: "to"}, {Type: "when"}},
 }
 
@@ -148,6 +148,9 @@ func decodeAuthzRuleBlock(b *hcl.Block, ns string) (*AuthzRule, hcl.Diagnostics)
 		var mode string
 		diags = append(diags, decodeEnum(a, &mode, "enforce", "dry-run")...)
 		r.DryRun = mode == "dry-run"
+	}
+	if a, ok := content.Attributes["audit"]; ok { // telemetry: audit allowed requests
+		diags = append(diags, gohcl.DecodeExpression(a.Expr, nil, &r.Audit)...)
 	}
 	for _, blk := range content.Blocks {
 		switch blk.Type {

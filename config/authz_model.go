@@ -73,6 +73,7 @@ type AuthzRule struct {
 	Action AuthzAction
 	// DryRun rules decide nothing; what they would have decided is recorded.
 	DryRun bool
+	Audit  bool // requests it allows go to the audit log (docs/telemetry.md)
 	From   []*AuthzSource
 	To     []*AuthzOperation
 	When   []*AuthzCondition
@@ -153,6 +154,8 @@ type Authz struct {
 	// Services maps each service to its authorization blocks, in
 	// configuration order.
 	Services map[ServiceRef][]*Authorization
+	// JWT maps each service to its jwt blocks (jwt.go).
+	JWT map[ServiceRef][]*JWTDecl
 }
 
 // Rules returns the rules about a service, in configuration order.

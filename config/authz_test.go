@@ -176,8 +176,9 @@ authorization "orders" {
 	if w[2].Name != ":authority" || w[2].Present == nil || !*w[2].Present {
 		t.Fatalf("when 2 = %+v", w[2])
 	}
-	// payments/api and b are not declared: warnings, not errors.
-	if len(cfg.Warnings) != 2 {
+	// payments/api and b are not declared, and orders has no jwt block for
+	// its claim: warnings, not errors.
+	if len(cfg.Warnings) != 3 {
 		t.Fatalf("warnings: %v", cfg.Warnings)
 	}
 }
@@ -275,6 +276,7 @@ authorization "nobody" {
 		"10:Not evaluable for a TCP service",
 		"16:Pattern can never match",
 		"17:Not evaluable by proxyless gRPC",
+		"17:No jwt block",
 		"23:Unknown service",
 		"24:No policyd configured",
 		"27:Unknown service",

@@ -24,6 +24,7 @@ type fragment struct {
 	routes   []*Route
 	identity *IdentityDecl
 	authz    []*Authorization
+	jwt      []*JWTDecl
 	tel      *TelemetryDecl // the telemetry block (telemetry.go)
 	rlimits  []*RateLimit   // rate_limit blocks (ratelimit_decode.go)
 }
@@ -40,6 +41,7 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "route", LabelNames: []string{"service"}},
 		{Type: "identity"},
 		{Type: "authorization", LabelNames: []string{"service"}},
+		{Type: "jwt", LabelNames: []string{"service"}},
 		{Type: "telemetry"},
 		{Type: "rate_limit", LabelNames: []string{"service"}},
 	},
@@ -121,6 +123,10 @@ func decodeFile(f *hcl.File) (*fragment, hcl.Diagnostics) {
 			a, ds := decodeAuthorizationBlock(b)
 			diags = append(diags, ds...)
 			frag.authz = append(frag.authz, a)
+		case "jwt":
+			j, ds := decodeJWTBlock(b) // jwt.go
+			diags = append(diags, ds...)
+			frag.jwt = append(frag.jwt, j)
 		case "telemetry":
 			t, ds := decodeTelemetryBlock(b) // telemetry.go
 			diags = append(diags, ds...)
@@ -274,7 +280,7 @@ func decodeUpstreamBlock(b *hcl.Block) (*UpstreamDecl, hcl.Diagnostics) {
 }
 
 var consulSchema = &hcl.BodySchema{
-	Attributes: []hcl.AttributeSchema{{Name: "address"}, {Name: "token"}, {Name: "datacenter"}, {Name: "kv_prefix"}, {Name: "max_conns"}},
+	Attributes: []hcl.AttributeSchema{{Name: "address"}, {Name: "token"}, {Name: "datacenter"}, {Name: "kv_prefix"}, {Name: "max_conns"}, {Name: "intentions"}},
 }
 
 func decodeConsulBlock(b *hcl.Block) (*ConsulDecl, hcl.Diagnostics) {
@@ -284,6 +290,9 @@ func decodeConsulBlock(b *hcl.Block) (*ConsulDecl, hcl.Diagnostics) {
 		if a, ok := content.Attributes[name]; ok {
 			diags = append(diags, gohcl.DecodeExpression(a.Expr, nil, dst)...)
 		}
+	}
+	if a, ok := content.Attributes["intentions"]; ok {
+		diags = append(diags, gohcl.DecodeExpression(a.Expr, nil, &c.Intentions)...)
 	}
 	if a, ok := content.Attributes["max_conns"]; ok {
 		d := gohcl.DecodeExpression(a.Expr, nil, &c.MaxConns)

@@ -99,6 +99,9 @@ type ConsulDecl struct {
 	KVPrefix string
 	// MaxConns bounds the requests open to Consul at once (adapters/consul
 	// Config.MaxConns): 0 is the adapter's default, -1 no bound.
-	MaxConns  int
-	DeclRange hcl.Range
+	MaxConns int
+	// Intentions makes Consul's intentions a source of authorization rules
+	// (adapters/consul IntentionsSource, docs/policy.md).
+	Intentions bool
+	DeclRange  hcl.Range
 }

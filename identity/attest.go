@@ -14,9 +14,10 @@ import (
 type Claim struct {
 	Namespace string
 	Service   string
-	// Token is the proof: a join token from the server's configuration (or,
-	// with later attestors, a Consul ACL token, a Nomad workload identity
-	// JWT, a Kubernetes service account token). It is never logged.
+	// Token is the proof: a join token from the server's configuration, a
+	// Consul ACL token, a Nomad workload identity JWT or a Kubernetes
+	// service account token (the attestors of package identity/attest). It
+	// is never logged.
 	Token string
 }
 
@@ -45,18 +46,32 @@ var _ Attestor = Attestors(nil)
 // Name implements Attestor.
 func (as Attestors) Name() string { return "attestors" }
 
-// Attest implements Attestor. With no attestor, nothing is proven.
+// Attest implements Attestor. With no attestor, nothing is proven. When
+// none proves the claim, a proof for another identity (ErrMismatch) is the
+// answer; else, when an attestor could not decide (its backend failed), the
+// claim is undecided: the error does not wrap ErrUnproven, so that the
+// workload is told to try again rather than that it is refused; else the
+// claim is unproven.
 func (as Attestors) Attest(ctx context.Context, c Claim) (spiffeid.ID, error) {
 	if len(as) == 0 {
 		return spiffeid.ID{}, fmt.Errorf("%w: no attestor is configured", ErrUnproven)
 	}
-	var errs []error
+	var errs, undecided []error
+	mismatch := false
 	for _, a := range as {
 		id, err := a.Attest(ctx, c)
 		if err == nil {
 			return id, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", a.Name(), err))
+		err = fmt.Errorf("%s: %w", a.Name(), err)
+		errs = append(errs, err)
+		mismatch = mismatch || errors.Is(err, ErrMismatch)
+		if !errors.Is(err, ErrUnproven) {
+			undecided = append(undecided, err)
+		}
+	}
+	if len(undecided) > 0 && !mismatch {
+		return spiffeid.ID{}, errors.Join(undecided...)
 	}
 	return spiffeid.ID{}, errors.Join(errs...)
 }

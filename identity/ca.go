@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -360,7 +361,7 @@ func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: generate key: %w", err)
 	}
-	c, err := ca.sign(key.Public(), id, ttl, "sds")
+	c, err := ca.sign(key.Public(), id, ttl, "sds", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -395,10 +396,12 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) (*Certif
 	default:
 		return nil, fmt.Errorf("%w: unsupported key type %T (use ECDSA or RSA)", ErrBadCSR, csr.PublicKey)
 	}
-	return ca.sign(csr.PublicKey, id, ttl, "csr")
+	return ca.sign(csr.PublicKey, id, ttl, "csr", nil)
 }
 
-func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, via string) (*Certificate, error) {
+// sign issues a leaf for id; hosts (IP addresses or DNS names) become IP and
+// DNS SANs besides the SPIFFE ID (the xDS server's certificate, servercert.go).
+func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, via string, hosts []string) (*Certificate, error) {
 	if !id.MemberOf(ca.td) || id.Path() == "" {
 		return nil, fmt.Errorf("identity: %s is not a workload of trust domain %s", id, ca.td.Name())
 	}
@@ -427,6 +430,13 @@ func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, via 
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, signing, pub, signer)
 	if err != nil {

@@ -5,7 +5,9 @@
 // reissued at half-life), keeps the trust bundle, which may hold several
 // roots so that the root can be rotated without an outage, and decides with
 // pluggable Attestors whether a workload has proven the identity it claims
-// before it receives that identity's certificate.
+// before it receives that identity's certificate (join tokens here; the
+// platforms' attestors in package identity/attest). It also issues the xDS
+// server's own TLS certificate (ServerCertificate).
 //
 // Certificates reach workloads in two ways: Envoy sidecars receive theirs
 // (key included) over SDS on their ADS stream (Authority.Certificate, used by

@@ -58,6 +58,9 @@ func runBootstrap(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if o.NodeID == "" {
 		o.NodeID = defaultNodeID(o.Service, o.Namespace)
 	}
+	if err := certs.resolve(&o); err != nil {
+		return err
+	}
 	if err := certs.obtain(ctx, o, stderr); err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,11 +11,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -21,26 +25,88 @@ import (
 	"github.com/bowlinemesh/bowline/xds/bootstrap"
 )
 
-// certFlags are the identity flags of `bowline bootstrap`: --token for both
-// kinds (Envoy sends it in its node metadata); for gRPC, --cert-dir obtains
+// certFlags are the identity flags of `bowline bootstrap`: --token (or
+// --token-file) for both kinds (Envoy sends it in its node metadata) and
+// --xds-ca to reach a server that serves xDS over TLS; for gRPC, --cert-dir obtains
 // the workload certificate from the server's signing service before the
 // bootstrap is printed, and --watch keeps renewing it at half-life.
 type certFlags struct {
-	kind     string
-	watching bool
-	renewAt  time.Time
-	notAfter time.Time
+	kind      string
+	watching  bool
+	tokenFile string
+	renewAt   time.Time
+	notAfter  time.Time
 }
 
 func identityFlags(fs *flag.FlagSet, kind string, o *bootstrap.Options) *certFlags {
 	c := &certFlags{kind: kind}
-	fs.StringVar(&o.Token, "token", envOr("BOWLINE_TOKEN", ""), "proof of the workload's identity: a join token of the server's configuration (env BOWLINE_TOKEN)")
+	fs.StringVar(&o.Token, "token", envOr("BOWLINE_TOKEN", ""), "proof of the workload's identity: a join token, a Consul ACL token, a Nomad workload identity or a Kubernetes service account token, as the server's identity block accepts (env BOWLINE_TOKEN)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "read the proof from this file (a Nomad identity file, a projected service account token) instead of --token")
+	fs.StringVar(&o.XDSCA, "xds-ca", envOr("BOWLINE_XDS_CA", ""), "the mesh's trust bundle (`bowline ca roots`): reach a server run with --xds-tls over TLS, verifying its certificate (env BOWLINE_XDS_CA)")
 	if kind == "grpc" {
 		fs.StringVar(&o.CertDir, "cert-dir", "", "obtain the workload's certificate: write cert.pem, key.pem and ca.pem here and name them in the bootstrap (certificate provider \"default\")")
 		fs.BoolVar(&c.watching, "watch", false, "with --cert-dir: print the bootstrap, then keep running and renew the certificate files at half-life")
 		fs.DurationVar(&o.CertRefresh, "cert-refresh", bootstrap.DefaultCertRefresh, "with --cert-dir: how often gRPC re-reads the certificate files")
 	}
 	return c
+}
+
+// resolve reads --token-file and checks --xds-ca, before anything is
+// printed.
+func (c *certFlags) resolve(o *bootstrap.Options) error {
+	if c.tokenFile != "" {
+		if o.Token != "" {
+			return errors.New("--token and --token-file exclude each other")
+		}
+		tok, err := readTokenFile(c.tokenFile)
+		if err != nil {
+			return err
+		}
+		o.Token = tok
+	}
+	if o.XDSCA != "" {
+		if _, err := xdsCredentials(*o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readTokenFile reads a token from a file (surrounding space removed).
+func readTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--token-file %s is empty", path)
+	}
+	return tok, nil
+}
+
+// xdsCredentials are the credentials of a connection to the xDS port:
+// TLS verifying the server with --xds-ca (and, once there is one, the
+// certificate directory's ca.pem, which follows root rotations), else
+// plaintext.
+func xdsCredentials(o bootstrap.Options) (credentials.TransportCredentials, error) {
+	if o.XDSCA == "" {
+		return insecure.NewCredentials(), nil
+	}
+	b, err := os.ReadFile(o.XDSCA)
+	if err != nil {
+		return nil, fmt.Errorf("--xds-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("--xds-ca %s holds no PEM certificate", o.XDSCA)
+	}
+	if o.CertDir != "" {
+		if b, err := os.ReadFile(filepath.Join(o.CertDir, bootstrap.CAFile)); err == nil {
+			pool.AppendCertsFromPEM(b)
+		}
+	}
+	return credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), nil
 }
 
 // obtain gets the first certificate, before the bootstrap is printed: a
@@ -82,6 +148,15 @@ func (c *certFlags) watch(ctx context.Context, o bootstrap.Options, stderr io.Wr
 			return nil
 		case <-timer.C:
 		}
+		if c.tokenFile != "" {
+			// The platform renews the file (a Nomad identity, a projected
+			// service account token): present the current token.
+			if tok, err := readTokenFile(c.tokenFile); err == nil {
+				o.Token = tok
+			} else {
+				log.Warn("token file not read; renewing with the previous token", "err", err)
+			}
+		}
 		resp, err := fetchCert(ctx, o)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -104,7 +179,11 @@ func fetchCert(ctx context.Context, o bootstrap.Options) (*identity.SignResponse
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(o.XDSAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, err := xdsCredentials(o)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(o.XDSAddr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", o.XDSAddr, err)
 	}
@@ -113,7 +192,7 @@ func fetchCert(ctx context.Context, o bootstrap.Options) (*identity.SignResponse
 	defer cancel()
 	resp, err := identity.RequestSign(ctx, conn, identity.SignRequest{Namespace: o.Namespace, Service: o.Service, Token: o.Token, CSR: csrPEM})
 	if status.Code(errors.Unwrap(err)) == codes.PermissionDenied {
-		return nil, fmt.Errorf("the server refused the claim to be %s/%s: prove it with --token (a join token of the server's configuration)", o.Namespace, o.Service)
+		return nil, fmt.Errorf("the server refused the claim to be %s/%s: prove it with --token or --token-file (a proof the server's identity block accepts)", o.Namespace, o.Service)
 	}
 	if err != nil {
 		return nil, err

@@ -64,7 +64,7 @@ func runEnvoy(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	argv := append([]string{"envoy", "-c", o.BootstrapPath}, o.EnvoyArgs...)
 	fmt.Fprintf(stderr, "bowline envoy: %s.%s (node %s) -> %s; exec %s %s\n", o.Service, o.Namespace, o.NodeID, o.XDSAddr, bin, strings.Join(argv[1:], " "))
-	if err := execEnvoy(bin, argv, os.Environ()); err != nil {
+	if err := execEnvoy(bin, argv, envoyEnv(os.Environ(), o.Options)); err != nil { // envoy_env.go
 		return fmt.Errorf("exec %s: %w", bin, err)
 	}
 	return nil
@@ -118,6 +118,10 @@ func parseEnvoyFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.BoolVar(&o.Delta, "delta", false, "use incremental (delta) xDS")
 	fs.StringVar(&o.BootstrapPath, "bootstrap-path", "", "where to write the bootstrap (default $NOMAD_TASK_DIR/"+envoyBootstrap+", else a temporary file)")
 	fs.StringVar(&o.EnvoyBin, "envoy-bin", "", "the Envoy binary (default: envoy, looked up in PATH)")
+	var tokens certFlags
+	fs.StringVar(&o.Token, "token", "", "proof of the workload's identity, sent in the node metadata (default $BOWLINE_TOKEN)")
+	fs.StringVar(&tokens.tokenFile, "token-file", "", "read the proof from this file, such as a Nomad workload identity (${NOMAD_SECRETS_DIR}/nomad_bowline.jwt)")
+	fs.StringVar(&o.XDSCA, "xds-ca", "", "the mesh's trust bundle, to reach a server run with --xds-tls over TLS (default $BOWLINE_XDS_CA)")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "print the bootstrap and exit, without writing it or starting Envoy")
 	fs.BoolVar(&o.DryRun, "print", false, "same as --dry-run")
 	if err := fs.Parse(args); err != nil {
@@ -135,6 +139,13 @@ func parseEnvoyFlags(args []string, getenv func(string) string, stderr io.Writer
 		return o, fmt.Errorf("--xds-addr %q: %w", o.XDSAddr, err)
 	}
 	o.Version = cmp.Or(o.Version, getenv("NOMAD_META_version"), getenv("NOMAD_META_VERSION"))
+	if tokens.tokenFile == "" {
+		o.Token = cmp.Or(o.Token, getenv("BOWLINE_TOKEN"))
+	}
+	o.XDSCA = cmp.Or(o.XDSCA, getenv("BOWLINE_XDS_CA"))
+	if err := tokens.resolve(&o.Options); err != nil { // certs.go
+		return o, err
+	}
 	switch alloc := getenv("NOMAD_ALLOC_ID"); {
 	case nodeID != "":
 		o.NodeID = nodeID

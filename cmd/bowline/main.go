@@ -29,6 +29,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"server", "Run the control plane: discovery, configuration, xDS and the admin API", runServer},
+		{"policyd", "Run the policy daemon: ext_authz for Envoy, decided with the mesh's authorization rules", runPolicyd},
 		{"validate", "Check a configuration directory and print its diagnostics", runValidate},
 		{"bootstrap", "Print a bootstrap for a proxy: `bootstrap grpc` or `bootstrap envoy`", runBootstrap},
 		{"envoy", "Write the Envoy bootstrap of one service instance (NOMAD_* aware) and exec Envoy", runEnvoy},

@@ -23,6 +23,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&o.Debounce, "debounce", 10*time.Millisecond, "how long changes are gathered before proxies are updated")
 	fs.BoolVar(&o.Check, "check", false, "validate every proxy configuration (ValidateAll and consistency) before serving it")
+	var sans multiFlag
+	fs.BoolVar(&o.XDSTLS, "xds-tls", envOr("BOWLINE_XDS_TLS", "") == "true", "serve xDS over TLS with a certificate from the mesh CA (clients trust `bowline ca roots`: bootstrap --xds-ca)")
+	fs.Var(&sans, "xds-tls-san", "with --xds-tls: a further DNS name or IP address for the server certificate (repeatable; the --xds-addr host is always in)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -35,11 +38,17 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	o.Log = log
 	o.Sources = sourcesFor
+	o.Attestors = attestorsFor // attestors.go
+	o.XDSTLSHosts = sans
 	cp, err := controlplane.New(o)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "bowline server %s\n  xDS (ADS, gRPC):  %s\n  admin API:        http://%s\n  config directory: %s\n",
-		version, cp.XDSAddr(), cp.AdminAddr(), o.ConfigDir)
+	transport := "gRPC"
+	if o.XDSTLS {
+		transport = "gRPC, TLS"
+	}
+	fmt.Fprintf(stdout, "bowline server %s\n  xDS (ADS, %s):  %s\n  admin API:        http://%s\n  config directory: %s\n",
+		version, transport, cp.XDSAddr(), cp.AdminAddr(), o.ConfigDir)
 	return cp.Run(ctx)
 }

@@ -25,6 +25,13 @@ func sourcesFor(cfg *config.Config, store *config.Store, log *slog.Logger) ([]di
 		if kv != nil {
 			fileSources = append(fileSources, kv)
 		}
+		if c.Intentions {
+			in, err := consulIntentions(c, log) // consul_intentions.go
+			if err != nil {
+				return nil, nil, err
+			}
+			fileSources = append(fileSources, in)
+		}
 	}
 	if n := cfg.Nomad; n != nil {
 		src, err := nomadSource(n, cfg.Mesh.TrustDomain, log)

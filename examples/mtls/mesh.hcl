@@ -18,6 +18,13 @@ identity {
   join_token "client" {
     token = "client-example-token-change-me"
   }
+
+  # Platforms' own proofs, when the workloads run there (docs/identity.md):
+  # attest {
+  #   consul {}                  # Consul ACL tokens with service:write
+  #   nomad { audience = "bowline" }   # Nomad workload identities
+  #   kubernetes { audiences = ["bowline"] }   # service account tokens
+  # }
 }
 
 service "greeter" {

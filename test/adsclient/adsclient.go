@@ -172,6 +172,13 @@ func dependents(typeURL string, rs map[string]*anypb.Any) (string, []string) {
 	return "", nil
 }
 
+// fullState reports whether a state-of-the-world response of the type
+// carries every resource (listeners, clusters: what it leaves out is gone)
+// or only some (routes, endpoints, secrets: what it leaves out is kept).
+func fullState(typeURL string) bool {
+	return typeURL == resourcev3.ListenerType || typeURL == resourcev3.ClusterType
+}
+
 // lightDependents updates the cache of dependent names with the resources
 // that changed or went away and returns the union, as dependents does.
 func (c *Client) lightDependents(typeURL string, changed map[string]*anypb.Any, removed []string) (string, []string) {
@@ -193,6 +200,10 @@ func (c *Client) lightDependents(typeURL string, changed map[string]*anypb.Any, 
 		delete(cache, n)
 	}
 	for n, a := range changed {
+		if typeURL == resourcev3.ClusterType {
+			cache[n] = wireEDSName(n, a.GetValue())
+			continue
+		}
 		_, names := dependents(typeURL, map[string]*anypb.Any{n: a})
 		cache[n] = names
 	}
@@ -201,6 +212,71 @@ func (c *Client) lightDependents(typeURL string, changed map[string]*anypb.Any, 
 		names = append(names, ns...)
 	}
 	return dt, sortedUnique(names)
+}
+
+// wireEDSName reads, without decoding the cluster, the EDS name a cluster
+// refers to (as dependents does): none unless its type (field 2) is EDS,
+// then eds_cluster_config (field 3).service_name (field 2), or the cluster's
+// name.
+func wireEDSName(name string, b []byte) []string {
+	eds, service := false, ""
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil
+		}
+		b = b[n:]
+		switch {
+		case num == 2 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return nil
+			}
+			eds = v == uint64(cluster.Cluster_EDS)
+			b = b[n:]
+			continue
+		case num == 3 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil
+			}
+			for len(v) > 0 {
+				fnum, ftyp, fn := protowire.ConsumeTag(v)
+				if fn < 0 {
+					break
+				}
+				v = v[fn:]
+				if fnum == 2 && ftyp == protowire.BytesType {
+					sv, sn := protowire.ConsumeBytes(v)
+					if sn < 0 {
+						break
+					}
+					service = string(sv)
+					v = v[sn:]
+					continue
+				}
+				fn = protowire.ConsumeFieldValue(fnum, ftyp, v)
+				if fn < 0 {
+					break
+				}
+				v = v[fn:]
+			}
+			b = b[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return nil
+		}
+		b = b[n:]
+	}
+	if !eds {
+		return nil
+	}
+	if service == "" {
+		service = name
+	}
+	return []string{service}
 }
 
 // changedResources returns the resources of next that old lacks or holds
@@ -269,13 +345,25 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		} else {
 			if c.opts.Light || c.opts.OnApplied != nil {
 				changed = changedResources(c.resources[t], rs)
-				for n := range c.resources[t] {
-					if _, ok := rs[n]; !ok {
-						removed = append(removed, n)
+			}
+			if fullState(t) {
+				if c.opts.Light || c.opts.OnApplied != nil {
+					for n := range c.resources[t] {
+						if _, ok := rs[n]; !ok {
+							removed = append(removed, n)
+						}
 					}
 				}
+				c.resources[t] = rs
+			} else {
+				// Envoy keeps the routes and endpoints a response leaves
+				// out: the server sends those that changed.
+				if c.resources[t] == nil {
+					c.resources[t] = map[string]*anypb.Any{}
+				}
+				maps.Copy(c.resources[t], rs)
+				rs = c.resources[t]
 			}
-			c.resources[t] = rs
 			c.versions[t] = resp.GetVersionInfo()
 			ack.VersionInfo = resp.GetVersionInfo()
 		}
@@ -286,7 +374,9 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		c.applied(Applied{TypeURL: t, Version: resp.GetVersionInfo(), Changed: changed, Removed: removed, NACKed: reject != nil, Bytes: size})
 		u := Update{TypeURL: t, Version: resp.GetVersionInfo(), NACKed: reject != nil, Bytes: size}
 		if !c.opts.Light {
+			c.mu.Lock()
 			u.Names = slices.Sorted(maps.Keys(rs))
+			c.mu.Unlock()
 		}
 		c.report(u)
 		if reject != nil {
@@ -303,6 +393,12 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 			subscribed[dt] = names
 			c.mu.Lock()
 			v := c.versions[dt]
+			// Envoy forgets what it no longer subscribes to.
+			for n := range c.resources[dt] {
+				if _, ok := slices.BinarySearch(names, n); !ok {
+					delete(c.resources[dt], n)
+				}
+			}
 			c.mu.Unlock()
 			if err := send(&discoverypb.DiscoveryRequest{TypeUrl: dt, ResourceNames: names, VersionInfo: v}); err != nil {
 				return fmt.Errorf("adsclient: subscribe: %w", err)

@@ -12,7 +12,8 @@
 // client sees Consul go away and return with its state intact, as after a
 // real restart. Its HTTP connection limit per client is raised to 4096 unless
 // Options say otherwise, since watchers that hold one long poll per service
-// exceed Consul's default of 200 with a few hundred services.
+// exceed Consul's default of 200 with a few hundred services. ACLs are off
+// unless Options.ACLManagementToken turns them on (default policy deny).
 package consulagent
 
 import (

@@ -45,6 +45,9 @@ type Options struct {
 	Token       string
 	CertDir     string
 	CertRefresh time.Duration
+	// XDSCA is the trust bundle to verify the xDS server with (xDS over
+	// TLS, tls.go); empty means plaintext.
+	XDSCA string
 }
 
 func (o Options) metadata(kind string) map[string]any {
@@ -93,10 +96,14 @@ func GRPC(o Options) ([]byte, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
+	creds, err := o.grpcChannelCreds() // tls.go
+	if err != nil {
+		return nil, err
+	}
 	doc := map[string]any{
 		"xds_servers": []any{map[string]any{
 			"server_uri":      o.XDSAddr,
-			"channel_creds":   []any{map[string]any{"type": "insecure"}},
+			"channel_creds":   creds,
 			"server_features": []any{"xds_v3"},
 		}},
 		"node": map[string]any{
@@ -156,6 +163,10 @@ func EnvoyProto(o Options) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
+	tlsSocket, err := o.xdsTransportSocket(host) // tls.go
+	if err != nil {
+		return nil, err
+	}
 	discoveryType := cluster.Cluster_STATIC
 	if net.ParseIP(host) == nil {
 		discoveryType = cluster.Cluster_STRICT_DNS
@@ -182,6 +193,7 @@ func EnvoyProto(o Options) (*bootstrapv3.Bootstrap, error) {
 			ClusterDiscoveryType:          &cluster.Cluster_Type{Type: discoveryType},
 			ConnectTimeout:                durationpb.New(5e9),
 			TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
+			TransportSocket:               tlsSocket,
 			LoadAssignment: &endpoint.ClusterLoadAssignment{
 				ClusterName: XDSCluster,
 				Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{

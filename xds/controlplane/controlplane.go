@@ -46,6 +46,13 @@ type Options struct {
 	// served (tests).
 	Check bool
 	Log   *slog.Logger
+	// Attestors lists the attestors that the startup configuration turns
+	// on besides join tokens (identity.go); nil means join tokens only.
+	Attestors AttestorsFunc
+	// XDSTLS serves the xDS port over TLS with a certificate of the mesh CA
+	// for the listen address and XDSTLSHosts (identity.go).
+	XDSTLS      bool
+	XDSTLSHosts []string
 }
 
 // ControlPlane is a listening, not yet running, bowline server.
@@ -88,7 +95,7 @@ func New(opts Options) (*ControlPlane, error) {
 	cp := &ControlPlane{opts: opts, log: log}
 	cp.Store = config.NewStore(log.With("component", "config"))
 	cp.Catalog = discovery.NewCatalog(log.With("component", "catalog"), discovery.Options{})
-	ident, err := newIdentity(opts, cp.Store, log.With("component", "identity"), reg)
+	ident, err := newIdentity(opts, cp.Store, cp.Catalog, log.With("component", "identity"), reg)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +124,14 @@ func New(opts Options) (*ControlPlane, error) {
 		cp.xdsLis.Close()
 		return nil, fmt.Errorf("admin: listen: %w", err)
 	}
+	creds, err := cp.xdsCredentials() // identity.go
+	if err != nil {
+		cp.xdsLis.Close()
+		cp.adminLis.Close()
+		return nil, err
+	}
 	cp.grpc = grpc.NewServer(
+		creds,
 		grpc.MaxConcurrentStreams(1<<20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),

@@ -70,8 +70,8 @@ func newProxy(id string, spec translate.Proxy, userAgent string, delta bool) *pr
 func specKey(s translate.Proxy) string {
 	var b strings.Builder
 	name := s.Service.Name
-	if s.Kind == translate.KindGRPC {
-		name = "" // a gRPC client's name does not change what it is sent
+	if s.Kind == translate.KindGRPC && !slices.ContainsFunc(s.Listeners, func(l string) bool { return strings.HasPrefix(l, translate.ServerListenerPrefix) }) {
+		name = "" // a gRPC client's name does not change what it is sent (a server's RBAC does)
 	}
 	fmt.Fprintf(&b, "%s|%d|%s/%s|%d|%d|%t|%s/%s/%s|", s.Kind, s.Part, s.Service.Namespace, name, s.InboundPort, s.LocalPort,
 		s.AllServices, s.Locality.Region, s.Locality.Zone, s.Locality.SubZone)

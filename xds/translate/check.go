@@ -134,7 +134,10 @@ func Check(r *Resources) error {
 			errs = append(errs, fmt.Errorf("endpoints %q belong to no cluster", resourceName(e)))
 		}
 	}
-	errs = append(errs, checkSecrets(r)...) // every SDS name exists (secrets.go)
+	errs = append(errs, checkSecrets(r)...)             // every SDS name exists (secrets.go)
+	errs = append(errs, checkAuthz(r, clusters)...)     // ext_authz clusters exist (authz.go)
+	errs = append(errs, checkTelemetry(r, clusters)...) // access log and tracer clusters exist (accesslog.go)
+	errs = append(errs, checkRateLimit(r, clusters)...) // rate limit service clusters exist (ratelimit.go)
 	return errors.Join(errs...)
 }
 

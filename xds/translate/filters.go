@@ -1,6 +1,9 @@
 package translate
 
 import (
+	"slices"
+	"strings"
+
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -21,6 +24,9 @@ type filterOptions struct {
 	inbound bool
 	// fault adds the fault filter, which routes configure per rule.
 	fault bool
+	// tel is the access log and tracing of the connection manager
+	// (accesslog.go); nil: none.
+	tel *telemetry
 }
 
 // outboundFilters are the filters for calls to a service.
@@ -59,14 +65,53 @@ func httpFilters(opts filterOptions) []*hcm.HttpFilter {
 	return filters
 }
 
+// httpFilterSlots are the places of httpFilters' list, by filter config type.
+var httpFilterSlots = map[string]int{
+	"envoy.extensions.filters.http.fault.v3.HTTPFault":                1,
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication":    2,
+	"envoy.extensions.filters.http.rbac.v3.RBAC":                      3,
+	"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz":             4,
+	"envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": 5,
+	"envoy.extensions.filters.http.header_to_metadata.v3.Config":      6, // the caller's identity, for the rate limit filter (ratelimit.go)
+	"envoy.extensions.filters.http.ratelimit.v3.RateLimit":            6,
+	"envoy.extensions.filters.http.router.v3.Router":                  7,
+}
+
+func httpFilterSlot(f *hcm.HttpFilter) int {
+	u := f.GetTypedConfig().GetTypeUrl()
+	if i := strings.LastIndexByte(u, '/'); i >= 0 {
+		u = u[i+1:]
+	}
+	if s, ok := httpFilterSlots[u]; ok {
+		return s
+	}
+	return 7
+}
+
+// placeHTTPFilters inserts filters into a chain at their places (after the
+// filters of the same place already there).
+func placeHTTPFilters(chain []*hcm.HttpFilter, add ...*hcm.HttpFilter) []*hcm.HttpFilter {
+	for _, f := range add {
+		slot := httpFilterSlot(f)
+		i := slices.IndexFunc(chain, func(g *hcm.HttpFilter) bool { return httpFilterSlot(g) > slot })
+		if i < 0 {
+			i = len(chain)
+		}
+		chain = slices.Insert(chain, i, f)
+	}
+	return chain
+}
+
 func typedFilter(name string, cfg proto.Message) *hcm.HttpFilter {
 	return &hcm.HttpFilter{Name: name, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}}
 }
 
 // mustAny packs a message; packing a generated message cannot fail.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
+	// Deterministic: maps (RBAC policies, context extensions) must pack to
+	// the same bytes every time, or content versions would change.
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
 		panic("translate: pack " + string(proto.MessageName(m)) + ": " + err.Error())
 	}
 	return a

@@ -27,7 +27,7 @@ func (b *builder) sidecar() error {
 	}
 	proto := b.lookup(b.p.Service).Protocol
 	if inbound != 0 && local != 0 && b.p.Part != PartOutbound {
-		b.res.Listeners = append(b.res.Listeners, buildInboundListener(inbound, proto))
+		b.res.Listeners = append(b.res.Listeners, buildInboundListener(inbound, proto, b.telemetryFor(true)))
 		b.res.Clusters = append(b.res.Clusters, buildLocalAppCluster(local, proto))
 	}
 	if b.p.Part == PartInbound {
@@ -59,7 +59,7 @@ func (b *builder) sidecar() error {
 		} else {
 			b.useCluster(u.Service, "")
 		}
-		b.res.Listeners = append(b.res.Listeners, buildOutboundListener(u, us.Protocol, b.outboundFilters(u.Service)))
+		b.res.Listeners = append(b.res.Listeners, buildOutboundListener(u, us.Protocol, b.withTelemetry(b.outboundFilters(u.Service))))
 	}
 	return nil
 }
@@ -173,7 +173,7 @@ func buildOutboundListener(u discovery.Upstream, proto discovery.Protocol, opts 
 			}},
 		}, proto, opts)
 	} else {
-		filter = tcpProxy(name, ClusterName(u.Service))
+		filter = tcpProxy(name, ClusterName(u.Service), opts.tel)
 	}
 	return &listener.Listener{
 		Name:             name,
@@ -186,7 +186,7 @@ func buildOutboundListener(u discovery.Upstream, proto discovery.Protocol, opts 
 // buildInboundListener accepts mesh traffic on the sidecar port and forwards
 // it to the local application. Its filter chain is where TLS (SDS) and the
 // inbound policy filters (RBAC, ext_authz, rate limits) go.
-func buildInboundListener(port uint32, proto discovery.Protocol) *listener.Listener {
+func buildInboundListener(port uint32, proto discovery.Protocol, tel *telemetry) *listener.Listener {
 	var filter *listener.Filter
 	if proto.IsHTTP() {
 		filter = httpConnectionManager(inboundListener, &hcm.HttpConnectionManager{
@@ -198,9 +198,9 @@ func buildInboundListener(port uint32, proto discovery.Protocol) *listener.Liste
 					Routes:  []*route.Route{clusterRoute(localAppCluster, proto)},
 				}},
 			}},
-		}, proto, filterOptions{inbound: true})
+		}, proto, filterOptions{inbound: true, tel: tel})
 	} else {
-		filter = tcpProxy(inboundListener, localAppCluster)
+		filter = tcpProxy(inboundListener, localAppCluster, tel)
 	}
 	return &listener.Listener{
 		Name:             inboundListener,
@@ -220,19 +220,21 @@ func httpConnectionManager(statPrefix string, m *hcm.HttpConnectionManager, prot
 	if proto.NeedsHTTP2() {
 		m.Http2ProtocolOptions = &core.Http2ProtocolOptions{}
 	}
-	// AccessLog: the access log service (policyd) goes here.
+	opts.tel.applyHTTP(m) // access log to policyd, tracing (accesslog.go)
 	return &listener.Filter{
 		Name:       wellknown.HTTPConnectionManager,
 		ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(m)},
 	}
 }
 
-func tcpProxy(statPrefix, cluster string) *listener.Filter {
+func tcpProxy(statPrefix, cluster string, tel *telemetry) *listener.Filter {
+	p := &tcpproxy.TcpProxy{
+		StatPrefix:       statPrefix,
+		ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster},
+	}
+	tel.applyTCP(p) // access log to policyd (accesslog.go)
 	return &listener.Filter{
-		Name: wellknown.TCPProxy,
-		ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
-			StatPrefix:       statPrefix,
-			ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster},
-		})},
+		Name:       wellknown.TCPProxy,
+		ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(p)},
 	}
 }

@@ -151,7 +151,10 @@ func Build(in Input, p Proxy) (*Resources, error) {
 	for _, k := range sortedKeys(b.services) {
 		b.res.Services = append(b.res.Services, k)
 	}
-	b.secure() // mutual TLS and SDS secrets (tls.go)
+	b.authorize()         // RBAC, ext_authz (authz.go)
+	b.rateLimit()         // local and global rate limits (ratelimit.go)
+	b.telemetryClusters() // policyd and OTLP collector clusters (accesslog.go)
+	b.secure()            // mutual TLS and SDS secrets (tls.go)
 	sortByName(b.res.Listeners)
 	sortByName(b.res.Routes)
 	sortByName(b.res.Clusters)
@@ -181,6 +184,8 @@ type builder struct {
 	// target "name.namespace" that resolves elsewhere until the service
 	// appears).
 	deps map[discovery.ServiceKey]bool
+	// tel is the sidecar's telemetry, built on first use (accesslog.go).
+	tel *sidecarTelemetry
 }
 
 // use records that the proxy needs a service's cluster, endpoints and routes.
