@@ -3,13 +3,16 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/bowlinemesh/bowline/config"
@@ -47,26 +50,47 @@ var _ Identity = (*identity.Authority)(nil)
 // attestTimeout bounds one attestation (an attestor may call its backend).
 const attestTimeout = 10 * time.Second
 
+// Undecided claims (an attestor's backend failed) are tried again, first
+// after retryMin, then with a doubling wait up to retryMax, at most
+// retryParallel at a time, while their proxy stays connected.
+const (
+	retryMin      = time.Second
+	retryMax      = time.Minute
+	retryParallel = 16
+)
+
 // identityState is the server's record of the identities it serves over
 // SDS: soft state, rebuilt as proxies connect.
 type identityState struct {
-	ids     map[string]spiffeid.ID // proxy id -> proven identity
-	renewAt map[string]time.Time   // proxy id -> when its certificate is renewed
+	ids     map[string]spiffeid.ID   // proxy id -> proven identity
+	renewAt map[string]time.Time     // proxy id -> when its certificate is renewed
+	pending map[string]*pendingClaim // proxy id -> a claim to try again
 	wake    chan struct{}
+	retry   chan struct{}
+}
+
+// pendingClaim is a sidecar's claim that no attestor could decide.
+type pendingClaim struct {
+	claim   identity.Claim
+	next    time.Time
+	backoff time.Duration
 }
 
 // initIdentity prepares the identity state; New calls it.
 func (s *Server) initIdentity() {
-	s.ident = identityState{ids: map[string]spiffeid.ID{}, renewAt: map[string]time.Time{}, wake: make(chan struct{}, 1)}
+	s.ident = identityState{ids: map[string]spiffeid.ID{}, renewAt: map[string]time.Time{}, pending: map[string]*pendingClaim{},
+		wake: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
 	if s.opts.Identity != nil {
 		s.in.TrustBundle = s.opts.Identity.RootsPEM()
 	}
 }
 
-// attestation is the outcome of a sidecar's claim.
+// attestation is the outcome of a sidecar's claim; retry holds a claim
+// that no attestor could decide.
 type attestation struct {
-	id spiffeid.ID
-	ok bool
+	id    spiffeid.ID
+	ok    bool
+	retry *identity.Claim
 }
 
 // certProviderFromNode reads a proxyless gRPC client's certificate provider.
@@ -104,17 +128,36 @@ func (s *Server) attestStream(id int64, node *core.Node) *attestation {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), attestTimeout)
 	defer cancel()
-	sid, err := s.opts.Identity.Attest(ctx, identity.Claim{Namespace: spec.Service.Namespace, Service: spec.Service.Name, Token: token}, identity.ViaXDS)
-	if err != nil {
+	claim := identity.Claim{Namespace: spec.Service.Namespace, Service: spec.Service.Name, Token: token}
+	sid, err := s.opts.Identity.Attest(ctx, claim, identity.ViaXDS)
+	switch {
+	case err == nil:
+		return &attestation{id: sid, ok: true}
+	case errors.Is(err, identity.ErrUnproven):
 		return &attestation{}
+	default:
+		return &attestation{retry: &claim}
 	}
-	return &attestation{id: sid, ok: true}
 }
 
 // attachIdentityLocked gives a newly connected sidecar the certificate of its
-// proven identity (before its first build). An unproven one gets none.
+// proven identity (before its first build). An unproven one gets none; an
+// undecided one gets none for now and its claim is tried again
+// (retryClaims).
 func (s *Server) attachIdentityLocked(p *proxy, att *attestation) {
-	if att == nil || !att.ok || s.opts.Identity == nil {
+	delete(s.ident.pending, p.id)
+	if att == nil || s.opts.Identity == nil {
+		return
+	}
+	if att.retry != nil {
+		s.ident.pending[p.id] = &pendingClaim{claim: *att.retry, next: time.Now().Add(retryMin), backoff: retryMin}
+		select {
+		case s.ident.retry <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if !att.ok {
 		return
 	}
 	s.ident.ids[p.id] = att.id
@@ -166,8 +209,11 @@ func (s *Server) startIdentity(ctx context.Context) func() {
 		return func() {}
 	}
 	changes, cancel := s.opts.Identity.Subscribe()
+	retried := make(chan struct{})
+	go func() { defer close(retried); s.retryClaims(ctx) }()
 	go func() {
 		defer close(done)
+		defer func() { <-retried }()
 		defer cancel()
 		timer := time.NewTimer(time.Hour)
 		defer timer.Stop()
@@ -232,6 +278,106 @@ func (s *Server) renewDue(now time.Time, caChanged bool) time.Time {
 		// Proxies without an identity (proxyless gRPC with TLS) do not hold
 		// the bundle; nothing else to rebuild.
 		s.log.Info("identity: trust bundle or signing CA changed; certificates reissued", "proxies", len(used))
+	}
+	return next
+}
+
+// retryClaims tries the undecided claims of connected sidecars again when
+// they are due, until ctx ends. A claim proven now gives its proxy the
+// certificate (and a rebuild); a refused one is dropped (the refusal is
+// counted by the authority, as every attempt is); one still undecided
+// waits twice as long.
+func (s *Server) retryClaims(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := s.retryDue(ctx, time.Now())
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), 0)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.ident.retry:
+		case <-timer.C:
+		}
+	}
+}
+
+// retryDue attests the due claims (outside the lock) and returns when the
+// next one is due.
+func (s *Server) retryDue(ctx context.Context, now time.Time) time.Time {
+	s.mu.Lock()
+	due := map[string]*pendingClaim{}
+	for pid, pc := range s.ident.pending {
+		if _, ok := s.proxies[pid]; !ok {
+			delete(s.ident.pending, pid)
+			continue
+		}
+		if !now.Before(pc.next) {
+			due[pid] = pc
+		}
+	}
+	s.mu.Unlock()
+
+	type outcome struct {
+		id  spiffeid.ID
+		err error
+	}
+	var (
+		g        errgroup.Group
+		mu       sync.Mutex
+		outcomes = make(map[string]outcome, len(due))
+	)
+	g.SetLimit(retryParallel)
+	for pid, pc := range due {
+		g.Go(func() error {
+			actx, cancel := context.WithTimeout(ctx, attestTimeout)
+			defer cancel()
+			id, err := s.opts.Identity.Attest(actx, pc.claim, identity.ViaXDS)
+			mu.Lock()
+			outcomes[pid] = outcome{id, err}
+			mu.Unlock()
+			return nil
+		})
+	}
+	_ = g.Wait()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	shared := map[string]*built{}
+	for pid, o := range outcomes {
+		p, live := s.proxies[pid]
+		if pc := s.ident.pending[pid]; !live || pc != due[pid] {
+			continue // gone, or connected again with a claim of its own
+		}
+		switch {
+		case o.err == nil:
+			delete(s.ident.pending, pid)
+			s.ident.ids[pid] = o.id
+			if s.refreshCertLocked(p) {
+				s.rebuildLocked(p, shared, time.Now())
+			}
+			s.log.Info("identity: claim proven on a later attempt", "proxy", pid, "spiffe_id", o.id.String())
+			select {
+			case s.ident.wake <- struct{}{}:
+			default:
+			}
+		case errors.Is(o.err, identity.ErrUnproven):
+			delete(s.ident.pending, pid)
+		case ctx.Err() == nil:
+			pc := s.ident.pending[pid]
+			pc.backoff = min(2*pc.backoff, retryMax)
+			pc.next = time.Now().Add(pc.backoff)
+		}
+	}
+	var next time.Time
+	for _, pc := range s.ident.pending {
+		if next.IsZero() || pc.next.Before(next) {
+			next = pc.next
+		}
 	}
 	return next
 }

@@ -38,6 +38,13 @@ type identityHarness struct {
 
 func newIdentityHarness(t *testing.T, ttl time.Duration) *identityHarness {
 	t.Helper()
+	return newIdentityHarnessWith(t, ttl, nil)
+}
+
+// newIdentityHarnessWith is newIdentityHarness with an attestor (nil: the
+// join tokens of web and api).
+func newIdentityHarnessWith(t *testing.T, ttl time.Duration, att identity.Attestor) *identityHarness {
+	t.Helper()
 	ctx := t.Context()
 	log := slog.New(slog.DiscardHandler)
 	td := spiffeid.RequireTrustDomainFromString(config.DefaultTrustDomain)
@@ -45,12 +52,14 @@ func newIdentityHarness(t *testing.T, ttl time.Duration) *identityHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	att := identity.NewJoinTokens(td, func() []identity.JoinToken {
-		return []identity.JoinToken{
-			{Namespace: "default", Service: "web", SHA256: identity.HashToken(testWebToken)},
-			{Namespace: "default", Service: "api", SHA256: identity.HashToken(testAPIToken)},
-		}
-	})
+	if att == nil {
+		att = identity.NewJoinTokens(td, func() []identity.JoinToken {
+			return []identity.JoinToken{
+				{Namespace: "default", Service: "web", SHA256: identity.HashToken(testWebToken)},
+				{Namespace: "default", Service: "api", SHA256: identity.HashToken(testAPIToken)},
+			}
+		})
+	}
 	h := &identityHarness{auth: identity.NewAuthority(identity.AuthorityOptions{CA: ca, Attestor: att, TTL: func() time.Duration { return ttl }})}
 	store := config.NewStore(log)
 	store.Update(config.FileSet{Source: "test", Files: []config.File{{Name: "id.hcl", Content: []byte(`identity { mtls = "strict" }`)}}})
