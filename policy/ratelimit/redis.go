@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"net"
 	"runtime"
 	"sync"
@@ -211,7 +210,6 @@ func (s *RedisStore) Increment(ctx context.Context, hits []Hit) error {
 func (s *RedisStore) flusher() {
 	defer s.wg.Done()
 	b := &redisBatch{index: map[string]int{}, ttlSet: map[string]time.Time{}}
-	lastBatch := 0
 	for {
 		var first *redisReq
 		select {
@@ -223,9 +221,6 @@ func (s *RedisStore) flusher() {
 		// first: on a busy core this makes one pipeline of what would
 		// have been several.
 		runtime.Gosched()
-		if lingerEnv > 0 && lastBatch >= 4 {
-			time.Sleep(lingerEnv)
-		}
 		b.reqs = append(b.reqs[:0], first)
 		n := len(first.keys)
 	drain:
@@ -239,7 +234,6 @@ func (s *RedisStore) flusher() {
 			}
 		}
 		s.pipelines.Observe(float64(len(b.reqs)))
-		lastBatch = len(b.reqs)
 		err := s.send(b)
 		if err != nil {
 			s.down.Store(true)
@@ -336,5 +330,3 @@ func (s *RedisStore) send(b *redisBatch) error {
 	}
 	return nil
 }
-
-var lingerEnv, _ = time.ParseDuration(os.Getenv("RL_LINGER"))

@@ -49,7 +49,7 @@ type Server struct {
 	now    func() time.Time
 	limits atomic.Pointer[Limits]
 	cfg    atomic.Pointer[config.Config]
-	over   *overLimit
+	over   atomic.Pointer[overLimit]
 	m      *metrics
 
 	// Store health: one log line per outage.
@@ -73,7 +73,9 @@ func NewServer(o Options) *Server {
 	if o.Store == nil {
 		o.Store = NewMemoryStore(o.Now)
 	}
-	return &Server{store: o.Store, log: o.Log, now: o.Now, over: newOverLimit(), m: newMetrics(o.Store.Name(), o.Registerer)}
+	s := &Server{store: o.Store, log: o.Log, now: o.Now, m: newMetrics(o.Store.Name(), o.Registerer)}
+	s.over.Store(newOverLimit())
+	return s
 }
 
 // Register serves the rate limit service on g.
@@ -92,6 +94,9 @@ func (s *Server) Update(cfg *config.Config) {
 		r.c = s.m.countersFor(r.ID)
 		keep[r.ID] = true
 	}
+	// Counters over their limit are forgotten: the limit may have been
+	// raised (the store keeps the counts, so they are found again).
+	s.over.Store(newOverLimit())
 	if old := s.limits.Swap(l); old != nil {
 		for _, r := range old.rules {
 			if !keep[r.ID] {
@@ -149,6 +154,7 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 	sc.ends, sc.over = grow(sc.ends, n), grow(sc.over, n)
 	sc.hits, sc.hitOf, sc.keys = sc.hits[:0], sc.hitOf[:0], sc.keys[:0]
 	lim.resolve(descs, sc.groups, sc.rules)
+	over := s.over.Load()
 
 	now := s.now()
 	nowNs := now.UnixNano()
@@ -175,7 +181,7 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 		if r == nil {
 			continue
 		}
-		if s.over.has(key, nowNs) {
+		if over.has(key, nowNs) {
 			sc.over[i] = true
 			s.m.cached.Inc()
 			continue
@@ -234,13 +240,13 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 			st.LimitRemaining = r.Requests - uint32(h.Count)
 			r.c.ok.Inc()
 			if h.Count >= uint64(r.Requests) {
-				s.over.add(h.Key, h.Expires.UnixNano(), nowNs)
+				over.add(h.Key, h.Expires.UnixNano(), nowNs)
 			}
 			best, bestRemaining = pick(best, bestRemaining, i, uint64(st.LimitRemaining))
 		default:
 			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
 			r.c.over.Inc()
-			s.over.add(h.Key, h.Expires.UnixNano(), nowNs)
+			over.add(h.Key, h.Expires.UnixNano(), nowNs)
 			best, bestRemaining = pick(best, bestRemaining, i, 0)
 		}
 	}

@@ -328,3 +328,28 @@ func TestMemoryStoreForgetsExpiredCounters(t *testing.T) {
 		t.Fatalf("%d counters kept after 20 windows of 100", n)
 	}
 }
+
+// Raising a limit admits a counter that was over the old one at once (the
+// over-limit cache does not outlive the limits it was built for).
+func TestRaisedLimitAdmits(t *testing.T) {
+	s, _, _ := newTestServer(t, ordersLimits, nil)
+	ctx := context.Background()
+	req := request(desc("destination", "default/small", "source", "default/web", "path", "/"))
+	for range 4 {
+		s.ShouldRateLimit(ctx, req)
+	}
+	if r, _ := s.ShouldRateLimit(ctx, req); r.GetOverallCode() != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("over 3 per 10s: %v", r)
+	}
+	s.Update(parseConfig(t, strings.Replace(ordersLimits, "requests = 3\n", "requests = 10\n", 1)))
+	// 3 counted so far (refusals answered from the over-limit cache are
+	// not counted): 7 more are admitted.
+	for i := range 7 {
+		if r, _ := s.ShouldRateLimit(ctx, req); r.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+			t.Fatalf("request %d after raising the limit to 10: %v", i, r)
+		}
+	}
+	if r, _ := s.ShouldRateLimit(ctx, req); r.GetOverallCode() != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("over 10: %v", r)
+	}
+}
