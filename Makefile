@@ -6,7 +6,7 @@ BIN       := bin
 CONSUL    := $(BIN)/consul
 TEST_TIMEOUT ?= 40m
 
-.PHONY: build run test unit lint bench bench-full consul clean
+.PHONY: build run test unit lint bench bench-full consul deps clean
 
 build:
 	$(GO) build -o $(BIN)/bowline ./cmd/bowline
@@ -15,8 +15,9 @@ build:
 run: build
 	$(BIN)/bowline server --config examples/quickstart --data-dir .bowline-data
 
-## test: vet, then every test with the race detector (builds Consul for its tests)
-test: consul lint
+## test: vet, then every test with the race detector (builds Consul, installs
+## redis-server and chromium when missing: the tests run them for real)
+test: consul deps lint
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## unit: the tests without building Consul (the Consul tests fail without it)
@@ -42,6 +43,10 @@ consul: $(CONSUL)
 
 $(CONSUL):
 	bash tools/consul/build.sh
+
+## deps: Debian's redis-server and chromium, when missing (root and apt-get)
+deps:
+	sh tools/test-deps.sh
 
 clean:
 	rm -rf $(BIN) .bowline-data

@@ -299,7 +299,7 @@ func decodeConsulBlock(b *hcl.Block) (*ConsulDecl, hcl.Diagnostics) {
 		diags = append(diags, d...)
 		if !d.HasErrors() && (c.MaxConns < -1 || c.MaxConns == 1) {
 			diags = append(diags, attrError(a, "Invalid max_conns",
-				"max_conns is 0 (the default, 150), -1 (no bound: over HTTPS) or at least 2 (one connection for the catalog, one for services)."))
+				"max_conns is 0 (the default: three quarters of the agent's http_max_conns_per_client), -1 (no bound: over HTTPS) or at least 2 (one connection for the catalog, one for services)."))
 		}
 	}
 	return c, diags

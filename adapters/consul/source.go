@@ -38,14 +38,16 @@
 // Over plain HTTP every outstanding request holds a connection, and Consul
 // refuses a client IP more than limits.http_max_conns_per_client connections
 // (200 by default) with 429. So the source keeps at most Config.MaxConns
-// requests open (default 150). Up to MaxConns-1 services, each has its own
+// requests open: by default three quarters of the agent's own limit, read
+// from /v1/agent/self when Run starts (150 for Consul's default, and 150
+// when the limit cannot be read). Up to MaxConns-1 services, each has its own
 // long poll and a change reaches the catalog within tens of milliseconds.
 // Beyond that the services take turns for the connections: each poll then
 // waits only long enough that every service is read again within about 10s,
 // which costs about one request per service every 10s, and changes take up to
 // that long. To keep one long poll per service with a large catalog, raise
-// the agent's limit and MaxConns together (or set MaxConns to -1 over HTTPS,
-// where Consul speaks HTTP/2 and requests share connections). A 429 is
+// the agent's limit (MaxConns follows it), or set MaxConns to -1 over HTTPS,
+// where Consul speaks HTTP/2 and requests share connections. A 429 is
 // logged with this advice.
 //
 // # State
@@ -118,9 +120,14 @@ const (
 	DefaultMaxBackoff = 30 * time.Second
 	DefaultDebounce   = 20 * time.Millisecond
 	// DefaultMaxConns stays below Consul's default per-client limit (200)
-	// with room for other clients on the same host.
+	// with room for other clients on the same host. It is used when
+	// MaxConns is 0 and the agent's own limit cannot be read.
 	DefaultMaxConns = 150
 )
+
+// agentLimitTimeout bounds the read of the agent's connection limit at the
+// start of Run.
+const agentLimitTimeout = 3 * time.Second
 
 const (
 	// minQueryInterval separates two requests of one watch.
@@ -174,8 +181,12 @@ type Config struct {
 	// ten periods after the first change.
 	Debounce time.Duration
 	// MaxConns bounds the requests the source keeps open to Consul at once
-	// (see the package doc). 0 means DefaultMaxConns; a negative value
-	// removes the bound: one long poll per service.
+	// (see the package doc). 0 sizes it from the agent's own
+	// limits.http_max_conns_per_client, read from /v1/agent/self when Run
+	// starts (three quarters of it, leaving room for other clients on the
+	// host; no bound when the agent has none), or DefaultMaxConns when that
+	// cannot be read (an ACL token without agent:read, say); a negative
+	// value removes the bound: one long poll per service.
 	MaxConns int
 }
 
@@ -188,6 +199,11 @@ type Source struct {
 	// catalogWait is the catalog watch's wait: the lesser of WaitTime and
 	// defaultCatalogWait.
 	catalogWait time.Duration
+	// autoConns is set when MaxConns is to be sized from the agent's limit;
+	// transport is the source's own transport (nil with Config.HTTPClient),
+	// whose bound follows.
+	autoConns bool
+	transport *http.Transport
 }
 
 var _ discovery.Source = (*Source)(nil)
@@ -205,6 +221,7 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 	if cfg.WaitTime < 0 || cfg.MinBackoff < 0 || cfg.Debounce < 0 {
 		return nil, errors.New("consul: wait time, backoff and debounce must not be negative")
 	}
+	autoConns := cfg.MaxConns == 0
 	switch {
 	case cfg.MaxConns == 0:
 		cfg.MaxConns = DefaultMaxConns
@@ -219,9 +236,11 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 	ac.Token = cfg.Token
 	ac.Datacenter = cfg.Datacenter
 	ac.WaitTime = cfg.WaitTime
+	var transport *http.Transport
 	if cfg.HTTPClient != nil {
 		ac.HttpClient = cfg.HTTPClient
 	} else {
+		transport = ac.Transport
 		// Every outstanding request holds a connection: keep them for reuse
 		// when many long polls return together, but never more than Consul
 		// is told to expect (idle ones count against its limit).
@@ -251,7 +270,58 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 		conv:   convertOptions{TrustDomain: cfg.TrustDomain, Datacenter: cfg.Datacenter},
 
 		catalogWait: min(cfg.WaitTime, defaultCatalogWait),
+		autoConns:   autoConns,
+		transport:   transport,
 	}, nil
+}
+
+// sizeConns sets MaxConns from the agent's limits.http_max_conns_per_client
+// (see Config.MaxConns). It runs once, before the source's first request, so
+// the transport is not yet in use.
+func (s *Source) sizeConns(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, agentLimitTimeout)
+	defer cancel()
+	limit, err := s.agentConnLimit(ctx)
+	if err != nil {
+		s.log.Info("cannot read the agent's connection limit: keeping the default bound on open requests",
+			"max_conns", s.cfg.MaxConns, "err", err)
+		return
+	}
+	s.cfg.MaxConns = maxConnsFor(limit)
+	if s.transport != nil {
+		n := max(s.cfg.MaxConns, 0)
+		s.transport.MaxConnsPerHost = n
+		s.transport.MaxIdleConnsPerHost = cmp.Or(n, 1024)
+	}
+	s.log.Debug("sized the bound on open requests from the agent's limit",
+		"http_max_conns_per_client", limit, "max_conns", s.cfg.MaxConns)
+}
+
+// maxConnsFor is the MaxConns for an agent whose per-client connection limit
+// is limit (0 or less: none): three quarters of it, at least 2.
+func maxConnsFor(limit int) int {
+	if limit <= 0 {
+		return -1
+	}
+	return max(limit*3/4, 2)
+}
+
+// agentConnLimit reads limits.http_max_conns_per_client from the agent's
+// runtime configuration (/v1/agent/self, DebugConfig).
+func (s *Source) agentConnLimit(ctx context.Context) (int, error) {
+	var self struct {
+		DebugConfig struct {
+			HTTPMaxConnsPerClient *int
+		}
+	}
+	_, err := s.client.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("consul: agent self: %w", err)
+	}
+	if self.DebugConfig.HTTPMaxConnsPerClient == nil {
+		return 0, errors.New("consul: agent self: no DebugConfig.HTTPMaxConnsPerClient")
+	}
+	return *self.DebugConfig.HTTPMaxConnsPerClient, nil
 }
 
 // Name implements discovery.Source.
@@ -268,6 +338,10 @@ func (s *Source) Run(ctx context.Context, updates chan<- discovery.State) error 
 		watchers: map[string]*watcher{},
 	}
 	r.interrupt, r.interruptAll = context.WithCancel(ctx)
+	if s.autoConns {
+		s.autoConns = false
+		s.sizeConns(ctx)
+	}
 	if s.cfg.MaxConns > 0 {
 		r.slots = make(chan struct{}, s.cfg.MaxConns-1) // one is the catalog watch's
 	}

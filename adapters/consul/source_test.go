@@ -2,7 +2,6 @@ package consul
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -590,18 +589,27 @@ func TestSource500Services(t *testing.T) {
 	t.Parallel()
 	t.Run("one long poll per service", func(t *testing.T) {
 		t.Parallel()
-		test500Services(t, consulagent.Options{}, -1)
+		test500Services(t, consulagent.Options{}, -1, -1)
+	})
+	t.Run("MaxConns sized from the agent's raised limit", func(t *testing.T) {
+		t.Parallel()
+		// 1,100 per client: three quarters of it (825) is room for a long
+		// poll per service, with no setting on Bowline's side.
+		test500Services(t, consulagent.Options{HTTPMaxConnsPerClient: 1100}, 0, 825)
 	})
 	t.Run("default MaxConns, default Consul limit", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("services take turns: the latency samples take seconds each")
 		}
 		t.Parallel()
-		test500Services(t, consulagent.Options{HTTPMaxConnsPerClient: -1}, 0)
+		test500Services(t, consulagent.Options{HTTPMaxConnsPerClient: -1}, 0, DefaultMaxConns)
 	})
 }
 
-func test500Services(t *testing.T, opts consulagent.Options, maxConns int) {
+// test500Services runs the adapter with Config.MaxConns = maxConns against
+// an agent started with opts; wantBound is the bound on open requests the
+// source should end up with (-1: none).
+func test500Services(t *testing.T, opts consulagent.Options, maxConns, wantBound int) {
 	const services = 500
 	agent := consulagent.StartWith(t, opts)
 	c := apiClient(t, agent)
@@ -660,7 +668,8 @@ func test500Services(t *testing.T, opts consulagent.Options, maxConns int) {
 	// measured from the write's start (so it includes Consul's commit) and
 	// from its return.
 	samples := 7
-	if maxConns >= 0 {
+	turns := wantBound >= 0 && wantBound <= services
+	if turns {
 		samples = 4 // services take turns: each sample takes seconds
 	}
 	var lat, afterCommit []time.Duration
@@ -697,9 +706,11 @@ func test500Services(t *testing.T, opts consulagent.Options, maxConns int) {
 	t.Logf("burst of %d changes: in the catalog after %s, %d states sent", services, at.Sub(t0).Round(time.Millisecond), len(h.rec.recorded())-statesBefore)
 
 	// An outage costs one probe per backoff, not one per service.
-	before = h.transport.total.Load()
+	// Counted from when the source reports the outage: the polls that were
+	// open when the agent went away fail once each, and are not probes.
 	agent.Stop()
 	h.waitStatus("source down", func(s discovery.SourceStatus) bool { return !s.Healthy })
+	before = h.transport.total.Load()
 	time.Sleep(2 * time.Second)
 	outage := h.transport.total.Load() - before
 	t.Logf("outage: %d requests while Consul was down for ~2s with %d services", outage, services)
@@ -721,10 +732,11 @@ func test500Services(t *testing.T, opts consulagent.Options, maxConns int) {
 	}
 	most := h.transport.mostOutstandingOverall()
 	t.Logf("most requests outstanding at once: %d; refused with 429: %d", most, h.transport.refusals.Load())
-	if maxConns >= 0 {
-		if limit := cmp.Or(maxConns, DefaultMaxConns); most > limit {
-			t.Errorf("%d requests outstanding at once, want at most MaxConns (%d)", most, limit)
-		}
+	if wantBound >= 0 && most > wantBound {
+		t.Errorf("%d requests outstanding at once, want at most MaxConns (%d)", most, wantBound)
+	}
+	if !turns && most <= services {
+		t.Errorf("at most %d requests outstanding at once with %d services and room for all: want a long poll per service", most, services)
 	}
 	if n := h.transport.refusals.Load(); n > 0 {
 		t.Errorf("Consul refused %d requests for too many connections", n)
