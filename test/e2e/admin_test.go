@@ -10,7 +10,7 @@ import (
 )
 
 func TestAdminAPI(t *testing.T) {
-	srv := meshtest.StartServer(t, meshtest.ServerOptions{ConfigDir: "../../examples/quickstart"})
+	srv := meshtest.StartServer(t, meshtest.ServerOptions{ConfigDir: "../../examples/quickstart", Args: []string{"--check"}})
 
 	var list struct {
 		Version  string `json:"version"`
@@ -69,4 +69,5 @@ func TestAdminAPI(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "greeter") || !strings.Contains(out, "web") {
 		t.Fatalf("bowline services: exit %d\n%s%s", code, out, errOut)
 	}
+	assertConsistent(t, srv, "")
 }

@@ -57,6 +57,10 @@ func (c *callbacks) closeStream(id int64) {
 		c.cache.clear(st.nodeID)
 		c.metrics.connected.Set(float64(len(c.proxies)))
 		c.log.Info("proxy disconnected", "proxy", st.nodeID)
+		return
+	}
+	if len(st.listeners) > 0 {
+		c.updateListeners(p) // drop what only the closed stream wanted
 	}
 }
 
@@ -104,11 +108,35 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest)
 	}
 	c.observe(p, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	if req.GetTypeUrl() == resourcev3.ListenerType && p.spec.Kind == translate.KindGRPC && len(req.GetResourceNames()) > 0 {
-		if p.setListeners(req.GetResourceNames()) {
-			(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+		// A state-of-the-world request names everything the stream wants.
+		st := c.streams[id]
+		st.listeners = make(map[string]struct{}, len(req.GetResourceNames()))
+		for _, n := range req.GetResourceNames() {
+			st.listeners[n] = struct{}{}
 		}
+		c.updateListeners(p)
 	}
 	return nil
+}
+
+// updateListeners sets a gRPC proxy's listeners to the union of what its
+// streams asked for, and rebuilds it when that changed. c.mu must be held.
+func (c *callbacks) updateListeners(p *proxy) {
+	var names []string
+	for _, st := range c.streams {
+		if st.nodeID != p.id {
+			continue
+		}
+		for n := range st.listeners {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return // no stream has named any: keep what the proxy has
+	}
+	if p.setListeners(names) {
+		(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+	}
 }
 
 func (c *callbacks) OnStreamResponse(context.Context, int64, *discoverypb.DiscoveryRequest, *discoverypb.DiscoveryResponse) {
@@ -128,11 +156,20 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoverypb.DeltaDiscove
 		delete(st.sent, req.GetResponseNonce())
 	}
 	c.observe(p, req.GetTypeUrl(), req.GetResponseNonce(), version, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	if req.GetTypeUrl() == resourcev3.ListenerType && p.spec.Kind == translate.KindGRPC && len(req.GetResourceNamesSubscribe()) > 0 {
-		names := append(append([]string{}, p.spec.Listeners...), req.GetResourceNamesSubscribe()...)
-		if p.setListeners(names) {
-			(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+	if req.GetTypeUrl() == resourcev3.ListenerType && p.spec.Kind == translate.KindGRPC &&
+		len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()) > 0 {
+		// A delta request names what changed in the stream's subscription.
+		st := c.streams[id]
+		if st.listeners == nil {
+			st.listeners = map[string]struct{}{}
 		}
+		for _, n := range req.GetResourceNamesSubscribe() {
+			st.listeners[n] = struct{}{}
+		}
+		for _, n := range req.GetResourceNamesUnsubscribe() {
+			delete(st.listeners, n)
+		}
+		c.updateListeners(p)
 	}
 	return nil
 }
