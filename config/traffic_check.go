@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -80,7 +81,13 @@ func assembleTraffic(cfg *Config, frags []*fragment) hcl.Diagnostics {
 				Detail: fmt.Sprintf("%s is a gRPC service; proxyless gRPC clients ignore %s (Envoy sidecars apply it).", ref, feature), Subject: rng.Ptr()})
 		}
 	}
-	checkDest := func(d Destination) {
+	// checkDest checks where a destination, split or mirror sends requests:
+	// another service than the route's must exist (the route's own is
+	// checked once, at the route block), and so must the subset.
+	checkDest := func(route ServiceRef, d Destination) {
+		if d.Service != route {
+			checkService(d.Service, d.DeclRange)
+		}
 		if d.Subset == "" {
 			return
 		}
@@ -113,6 +120,24 @@ func assembleTraffic(cfg *Config, frags []*fragment) hcl.Diagnostics {
 		if d.ConnectTimeout > 0 {
 			grpcWarn(ref, d.DeclRange, "connect_timeout")
 		}
+		if cb := d.CircuitBreaker; cb != nil {
+			var limits []string
+			for _, l := range []struct {
+				name string
+				set  bool
+			}{
+				{"max_connections", cb.MaxConnections != nil},
+				{"max_pending_requests", cb.MaxPendingRequests != nil},
+				{"max_retries", cb.MaxRetries != nil},
+			} {
+				if l.set {
+					limits = append(limits, l.name)
+				}
+			}
+			if len(limits) > 0 {
+				grpcWarn(ref, cb.DeclRange, fmt.Sprintf("circuit breaker %s (only max_requests)", strings.Join(limits, ", ")))
+			}
+		}
 	}
 	for _, ref := range sortedRefs(t.Subsets) {
 		for _, s := range t.Subsets[ref] {
@@ -124,16 +149,13 @@ func assembleTraffic(cfg *Config, frags []*fragment) hcl.Diagnostics {
 		checkService(ref, r.DeclRange)
 		for _, rule := range r.Rules {
 			if rule.Destination != nil {
-				checkDest(*rule.Destination)
-				if rule.Destination.Service != ref {
-					checkService(rule.Destination.Service, rule.Destination.DeclRange)
-				}
+				checkDest(ref, *rule.Destination)
 			}
 			for _, s := range rule.Splits {
-				checkDest(s.Destination)
+				checkDest(ref, s.Destination)
 			}
 			if rule.Mirror != nil {
-				checkDest(rule.Mirror.Destination)
+				checkDest(ref, rule.Mirror.Destination)
 				grpcWarn(ref, rule.Mirror.DeclRange, "mirror")
 			}
 			if rule.Redirect != nil {

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,10 +120,242 @@ service_defaults "greeter" {
 	if *d.Outlier.Consecutive5xx != 3 || *d.Outlier.FailurePercentage != 50 || d.Outlier.Interval != 10*time.Second {
 		t.Fatalf("outlier = %+v", d.Outlier)
 	}
-	// per_try_timeout, connect_timeout and consecutive errors are not
-	// honoured by proxyless gRPC: the service is grpc, so warnings say so.
-	if len(cfg.Warnings) < 2 {
-		t.Fatalf("want gRPC warnings, got %v", cfg.Warnings)
+	// per_try_timeout and connect_timeout are not honoured by proxyless gRPC:
+	// the service is grpc, so warnings say so (t.hcl is greeterDecl then src:
+	// lines 17 and 21). The rest is honoured: ring hash on a header,
+	// max_requests, and outlier detection with failure_percentage.
+	checkDiags(t, "t.hcl", cfg.Warnings,
+		wantDiag{line: 17, warning: true, summary: "Not supported by proxyless gRPC", detail: "ignore connect_timeout"},
+		wantDiag{line: 21, warning: true, summary: "Not supported by proxyless gRPC", detail: "ignore per_try_timeout"},
+	)
+}
+
+// wantDiag is a diagnostic a test expects in the file under test.
+type wantDiag struct {
+	line    int
+	warning bool
+	summary string
+	detail  string // a substring of the detail
+}
+
+// checkDiags asserts that diags are exactly the wanted ones, in any order,
+// all in file.
+func checkDiags(t *testing.T, file string, diags hcl.Diagnostics, want ...wantDiag) {
+	t.Helper()
+	left := slices.Clone(diags)
+	for _, w := range want {
+		i := slices.IndexFunc(left, func(d *hcl.Diagnostic) bool {
+			return d.Subject != nil && d.Subject.Filename == file && d.Subject.Start.Line == w.line &&
+				(d.Severity == hcl.DiagWarning) == w.warning && d.Summary == w.summary && strings.Contains(d.Detail, w.detail)
+		})
+		if i < 0 {
+			t.Errorf("no diagnostic %+v in:\n%s", w, diagList(diags))
+			continue
+		}
+		left = slices.Delete(left, i, i+1)
+	}
+	if len(left) > 0 {
+		t.Errorf("unexpected diagnostics:\n%s", diagList(left))
+	}
+}
+
+func diagList(diags hcl.Diagnostics) string {
+	var b strings.Builder
+	for _, d := range diags {
+		fmt.Fprintf(&b, "  %v: %s: %s (severity %v)\n", d.Subject, d.Summary, d.Detail, d.Severity)
+	}
+	return b.String()
+}
+
+// Splits and mirrors name services as destinations do: one nobody declares
+// is reported (unless a registry may hold it), and proxyless gRPC is warned
+// about the circuit breaker limits it does not implement.
+func TestTrafficDestinationServicesAndGRPCLimits(t *testing.T) {
+	const registry = "consul {}\n"
+	const next = `
+service "greeter-next" {
+  protocol = "grpc"
+  endpoint {
+    address = "127.0.0.1"
+    port    = 50061
+  }
+}
+service "web" {
+  protocol = "http"
+  endpoint {
+    address = "127.0.0.1"
+    port    = 8080
+  }
+}
+`
+	for _, tc := range []struct {
+		name  string
+		extra string // another file, beside greeterDecl
+		src   string // rules.hcl
+		want  []wantDiag
+	}{
+		{name: "split to an unknown service", src: `route "greeter" {
+  rule {
+    split {
+      service = "typo"
+      weight  = 50
+    }
+    split {
+      subset = "v1"
+      weight = 50
+    }
+  }
+}`, want: []wantDiag{{line: 3, warning: true, summary: "Unknown service", detail: "No service block declares default/typo"}}},
+		{name: "split to an unknown service in another namespace", src: `route "greeter" {
+  rule {
+    split {
+      subset = "v1"
+      weight = 90
+    }
+    split {
+      service = "staging/greeter"
+      weight  = 10
+    }
+  }
+}`, want: []wantDiag{{line: 7, warning: true, summary: "Unknown service", detail: "staging/greeter"}}},
+		{name: "mirror to an unknown service", src: `route "greeter" {
+  rule {
+    destination {
+      subset = "v1"
+    }
+    mirror {
+      service = "greeter-shadow"
+      percent = 5
+    }
+  }
+}`, want: []wantDiag{
+			{line: 6, warning: true, summary: "Unknown service", detail: "default/greeter-shadow"},
+			{line: 6, warning: true, summary: "Not supported by proxyless gRPC", detail: "ignore mirror"},
+		}},
+		{name: "destination to an unknown service", src: `route "greeter" {
+  rule {
+    destination {
+      service = "greeter-nxt"
+    }
+  }
+}`, want: []wantDiag{{line: 3, warning: true, summary: "Unknown service", detail: "default/greeter-nxt"}}},
+		{name: "split to an unknown service and subset", src: `route "greeter" {
+  rule {
+    split {
+      service = "typo"
+      subset  = "v1"
+      weight  = 100
+    }
+  }
+}`, want: []wantDiag{
+			{line: 3, warning: true, summary: "Unknown service", detail: "default/typo"},
+			{line: 3, warning: false, summary: "Unknown subset", detail: "default/typo has no subset \"v1\""},
+		}},
+		{name: "split and mirror to declared services", extra: next, src: `route "greeter" {
+  rule {
+    split {
+      subset = "v1"
+      weight = 90
+    }
+    split {
+      service = "greeter-next"
+      weight  = 10
+    }
+  }
+}
+route "web" {
+  rule {
+    destination {
+      service = "default/web"
+    }
+    mirror {
+      service = "greeter-next"
+    }
+  }
+}`},
+		{name: "a registry may hold any service", extra: registry, src: `route "greeter" {
+  rule {
+    match {
+      header "x-shadow" {
+        present = true
+      }
+    }
+    destination {
+      service = "other/greeter"
+    }
+  }
+  rule {
+    split {
+      service = "typo"
+      weight  = 50
+    }
+    split {
+      subset = "v1"
+      weight = 50
+    }
+  }
+}
+route "web" {
+  rule {
+    destination {
+      service = "web-next"
+    }
+    mirror {
+      service = "web-shadow"
+    }
+  }
+}`},
+		{name: "circuit breaker limits on a grpc service", src: `service_defaults "greeter" {
+  circuit_breaker {
+    max_connections      = 100
+    max_pending_requests = 50
+    max_requests         = 200
+    max_retries          = 3
+  }
+}`, want: []wantDiag{{line: 2, warning: true, summary: "Not supported by proxyless gRPC",
+			detail: "ignore circuit breaker max_connections, max_pending_requests, max_retries (only max_requests)"}}},
+		{name: "max_connections alone on a grpc service", src: `service_defaults "greeter" {
+  circuit_breaker {
+    max_connections = 100
+  }
+}`, want: []wantDiag{{line: 2, warning: true, summary: "Not supported by proxyless gRPC", detail: "ignore circuit breaker max_connections (only max_requests)"}}},
+		{name: "max_pending_requests alone on a grpc service", src: `service_defaults "greeter" {
+  circuit_breaker {
+    max_pending_requests = 10
+  }
+}`, want: []wantDiag{{line: 2, warning: true, summary: "Not supported by proxyless gRPC", detail: "ignore circuit breaker max_pending_requests (only max_requests)"}}},
+		{name: "max_retries alone on a grpc service", src: `service_defaults "greeter" {
+  circuit_breaker {
+    max_retries = 2
+  }
+}`, want: []wantDiag{{line: 2, warning: true, summary: "Not supported by proxyless gRPC", detail: "ignore circuit breaker max_retries (only max_requests)"}}},
+		{name: "max_requests on a grpc service", src: `service_defaults "greeter" {
+  circuit_breaker {
+    max_requests = 1
+  }
+}`},
+		{name: "circuit breaker limits on an http service", extra: next, src: `service_defaults "web" {
+  circuit_breaker {
+    max_connections      = 100
+    max_pending_requests = 50
+    max_retries          = 3
+  }
+}`},
+		{name: "protocol set to grpc by service_defaults", extra: next, src: `service_defaults "web" {
+  protocol = "grpc"
+  circuit_breaker {
+    max_retries = 3
+  }
+}`, want: []wantDiag{{line: 3, warning: true, summary: "Not supported by proxyless gRPC", detail: "default/web is a gRPC service"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := []File{{Name: "svc.hcl", Content: []byte(greeterDecl)}, {Name: "rules.hcl", Content: []byte(tc.src)}}
+			if tc.extra != "" {
+				files = append(files, File{Name: "extra.hcl", Content: []byte(tc.extra)})
+			}
+			_, diags := Parse(files)
+			checkDiags(t, "rules.hcl", diags, tc.want...)
+		})
 	}
 }
 

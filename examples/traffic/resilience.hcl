@@ -42,6 +42,8 @@ service_defaults "payments" {
     }
   }
 
+  # Envoy sidecars apply all four limits; proxyless gRPC clients only
+  # max_requests (bowline validate warns about the others).
   circuit_breaker {
     max_connections      = 100
     max_pending_requests = 50

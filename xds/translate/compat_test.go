@@ -21,12 +21,17 @@ import (
 //
 // gRPC-Go's rules are those of google.golang.org/grpc
 // internal/xds/xdsclient/xdsresource/unmarshal_{lds,rds,cds,eds}.go (v1.85.0);
-// Envoy's are from its documented behaviour. EDS and CDS resources are shared
-// by every proxy that uses a service, whatever its kind, so the gRPC-Go rules
-// for them apply to sidecar cases too.
+// Envoy's are from its documented behaviour. The shape of EDS resources and
+// of a cluster's EDS config source does not depend on the proxy's kind, so
+// the gRPC-Go rules for them apply to sidecar cases too. A cluster's
+// lb_policy does: a sidecar is sent Envoy's RANDOM and MAGLEV, a proxyless
+// client round robin and ring hash instead (clusters.go; each kind gets its
+// own translation), so that rule is checked for gRPC clients only
+// (checkGRPCClusters).
 
-// checkEDSCompat applies gRPC-Go's CDS and EDS rules and Envoy's EDS address
-// rule to every cluster and load assignment.
+// checkEDSCompat applies gRPC-Go's EDS rules (and the EDS config source rule
+// of its CDS parser) and Envoy's EDS address rule to every cluster and load
+// assignment.
 func checkEDSCompat(t *testing.T, res *translate.Resources) {
 	t.Helper()
 	for _, r := range res.Clusters {
@@ -37,15 +42,24 @@ func checkEDSCompat(t *testing.T, res *translate.Resources) {
 		if src := c.GetEdsClusterConfig().GetEdsConfig(); src.GetAds() == nil && src.GetSelf() == nil {
 			t.Errorf("cluster %q: gRPC-Go requires the EDS config source to be ADS or self", c.GetName())
 		}
-		switch c.GetLbPolicy() {
-		case cluster.Cluster_ROUND_ROBIN, cluster.Cluster_RING_HASH, cluster.Cluster_LEAST_REQUEST:
-		default:
-			t.Errorf("cluster %q: gRPC-Go does not support lb_policy %v", c.GetName(), c.GetLbPolicy())
-		}
 	}
 	for _, r := range res.Endpoints {
 		for _, err := range edsProblems(r.(*endpoint.ClusterLoadAssignment)) {
 			t.Error(err)
+		}
+	}
+}
+
+// checkGRPCClusters applies gRPC-Go's CDS lb_policy rule to the clusters
+// sent to a proxyless gRPC client.
+func checkGRPCClusters(t *testing.T, res *translate.Resources) {
+	t.Helper()
+	for _, r := range res.Clusters {
+		c := r.(*cluster.Cluster)
+		switch c.GetLbPolicy() {
+		case cluster.Cluster_ROUND_ROBIN, cluster.Cluster_RING_HASH, cluster.Cluster_LEAST_REQUEST:
+		default:
+			t.Errorf("cluster %q: gRPC-Go does not support lb_policy %v", c.GetName(), c.GetLbPolicy())
 		}
 	}
 }

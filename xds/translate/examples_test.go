@@ -63,6 +63,12 @@ func TestExamplesGolden(t *testing.T) {
 					t.Fatalf("Check:\n%v", err)
 				}
 				checkEDSCompat(t, res)
+				if proxies[kind].Kind == translate.KindGRPC {
+					checkGRPCClusters(t, res)
+					checkGRPCListeners(t, res)
+				} else {
+					checkSidecarListeners(t, res)
+				}
 				got, err := render(res)
 				if err != nil {
 					t.Fatal(err)
@@ -105,6 +111,71 @@ func TestExamplesGolden(t *testing.T) {
 					t.Errorf("%s differs (run with -update to accept):\n%s", golden, lineDiff(want, got))
 				}
 			})
+		}
+	}
+}
+
+// TestExamplesCoverFeatures guards the reach of the traffic examples: every
+// feature the translation compiles shows, in Envoy's terms, in the golden
+// files of the sidecar (read and checked against Envoy's API when they were
+// made), so that editing an example cannot silently drop one.
+func TestExamplesCoverFeatures(t *testing.T) {
+	goldens, err := filepath.Glob(filepath.Join("testdata", "examples", "*.envoy.golden.json"))
+	if err != nil || len(goldens) == 0 {
+		t.Fatalf("no goldens: %v", err)
+	}
+	var all strings.Builder
+	for _, g := range goldens {
+		b, err := os.ReadFile(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all.Write(b)
+	}
+	// Compared with whitespace runs as one space, whatever the indentation.
+	text := strings.Join(strings.Fields(all.String()), " ")
+	for feature, want := range map[string]string{
+		"path exact":                 `"path": "/`,
+		"path prefix":                `"prefix": "/`,
+		"path regex":                 `"safe_regex": {`,
+		"methods":                    `"name": ":method"`,
+		"header exact":               `"exact": "`,
+		"header prefix":              `"string_match": { "prefix": "`,
+		"header present":             `"present_match": true`,
+		"header inverted":            `"invert_match": true`,
+		"query parameter":            `"query_parameters": [`,
+		"split":                      `"weighted_clusters": {`,
+		"destination service":        `"cluster": "default/reviews"`,
+		"split to a service":         `"name": "default/catalog-next", "weight": 20`,
+		"redirect prefix":            `"prefix_rewrite": "/shop/"`,
+		"redirect host":              `"host_redirect": "`,
+		"redirect https":             `"https_redirect": true`,
+		"redirect path":              `"path_redirect": "`,
+		"rewrite prefix":             `"prefix_rewrite": "/api/"`,
+		"rewrite host":               `"host_rewrite_literal": "`,
+		"request headers":            `"request_headers_to_add": [`,
+		"request header set":         `"append_action": "OVERWRITE_IF_EXISTS_OR_ADD"`,
+		"response headers remove":    `"response_headers_to_remove": [`,
+		"timeout":                    `"timeout": "`,
+		"retries":                    `"retry_policy": {`,
+		"per_try_timeout":            `"per_try_timeout": "`,
+		"mirror":                     `"request_mirror_policies": [`,
+		"fault delay":                `"fixed_delay": "`,
+		"fault abort gRPC":           `"grpc_status": 14`,
+		"fault abort HTTP":           `"http_status": 503`,
+		"least_request":              `"lb_policy": "LEAST_REQUEST"`,
+		"least_request choice_count": `"choice_count": 3`,
+		"random":                     `"lb_policy": "RANDOM"`,
+		"ring_hash":                  `"lb_policy": "RING_HASH"`,
+		"maglev":                     `"lb_policy": "MAGLEV"`,
+		"hash on a header":           `"header_name": "x-user-id"`,
+		"hash on a cookie":           `"cookie": {`,
+		"hash on the source IP":      `"source_ip": true`,
+		"circuit breaker":            `"circuit_breakers": {`,
+		"outlier detection":          `"outlier_detection": {`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("%s: no example's Envoy golden contains %s", feature, want)
 		}
 	}
 }

@@ -217,6 +217,7 @@ func TestGolden(t *testing.T) {
 			checkEDSCompat(t, res)
 			checkServices(t, res)
 			if c.proxy.Kind == translate.KindGRPC {
+				checkGRPCClusters(t, res)
 				checkGRPCListeners(t, res)
 			} else {
 				checkSidecarListeners(t, res)
