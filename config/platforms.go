@@ -1,12 +1,23 @@
 package config
 
 import (
+	"cmp"
+	"fmt"
+	"os"
+	"regexp"
+
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 )
 
+// DefaultNomadAddress is the Nomad address of a nomad block that sets none
+// when NOMAD_ADDR is unset too, as for Nomad's CLI.
+const DefaultNomadAddress = "http://127.0.0.1:4646"
+
 // NomadDecl is the `nomad` block that enables the Nomad adapter.
 type NomadDecl struct {
+	// Address is the block's address; when the block omits it, NOMAD_ADDR,
+	// else DefaultNomadAddress (resolved when the block is decoded).
 	Address   string
 	Token     string
 	Namespace string
@@ -34,7 +45,7 @@ var nomadSchema = &hcl.BodySchema{
 }
 
 func decodeNomadBlock(b *hcl.Block) (*NomadDecl, hcl.Diagnostics) {
-	n := &NomadDecl{Address: "http://127.0.0.1:4646", Namespace: "*", DeclRange: b.DefRange}
+	n := &NomadDecl{Address: cmp.Or(os.Getenv("NOMAD_ADDR"), DefaultNomadAddress), Namespace: "*", DeclRange: b.DefRange}
 	content, diags := b.Body.Content(nomadSchema)
 	for name, dst := range map[string]*string{
 		"address": &n.Address, "token": &n.Token, "namespace": &n.Namespace, "region": &n.Region,
@@ -51,6 +62,10 @@ func decodeNomadBlock(b *hcl.Block) (*NomadDecl, hcl.Diagnostics) {
 	return n, diags
 }
 
+// kubeNamespaceRe is an RFC 1123 label, the form of a Kubernetes namespace
+// name (with at most 63 characters).
+var kubeNamespaceRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
 var kubernetesSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{{Name: "kubeconfig"}, {Name: "namespaces"}},
 }
@@ -64,8 +79,9 @@ func decodeKubernetesBlock(b *hcl.Block) (*KubernetesDecl, hcl.Diagnostics) {
 	if a, ok := content.Attributes["namespaces"]; ok {
 		diags = append(diags, gohcl.DecodeExpression(a.Expr, nil, &k.Namespaces)...)
 		for _, ns := range k.Namespaces {
-			if !nameRe.MatchString(ns) {
-				diags = append(diags, attrError(a, "Invalid namespace", "\""+ns+"\" is not a valid Kubernetes namespace name."))
+			if len(ns) > 63 || !kubeNamespaceRe.MatchString(ns) {
+				diags = append(diags, attrError(a, "Invalid namespace",
+					fmt.Sprintf("%q is not a valid Kubernetes namespace name: at most 63 lower case letters, digits and '-', starting and ending with a letter or digit.", ns)))
 			}
 		}
 	}

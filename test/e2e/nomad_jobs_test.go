@@ -4,6 +4,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -13,11 +14,14 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/bowlinemesh/bowline/config"
 	"github.com/bowlinemesh/bowline/test/meshtest"
 )
 
 // The job files of examples/nomad parse as HCL and have the structure the
-// README describes: bowline server in a job of its own; in each application
+// README describes: bowline server and bowline policyd in a job of their own,
+// policyd registered as the Nomad service the mesh configuration names; in
+// each application
 // job, a group with the application task and a prestart sidecar task running
 // `bowline envoy`, and a native service whose meta declares the mesh
 // attributes, with the sidecar port a port of the group.
@@ -28,6 +32,7 @@ func TestNomadJobFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	jobs := map[string]*hclsyntax.Block{}
+	locals := map[string]*hcl.EvalContext{} // by job: the file's locals, for its templates
 	parser := hclparse.NewParser()
 	for _, f := range files {
 		file, diags := parser.ParseHCLFile(f)
@@ -40,6 +45,7 @@ func TestNomadJobFiles(t *testing.T) {
 			t.Fatalf("%s: want one job block with a name", f)
 		}
 		jobs[js[0].Labels[0]] = js[0]
+		locals[js[0].Labels[0]] = nomadLocals(t, body)
 	}
 	for _, name := range []string{"bowline", "api", "web"} {
 		if jobs[name] == nil {
@@ -48,28 +54,94 @@ func TestNomadJobFiles(t *testing.T) {
 	}
 
 	t.Run("bowline", func(t *testing.T) {
-		var server *hclsyntax.Block
+		var server, policyd *hclsyntax.Block
+		var policydGroup *hclsyntax.Block
 		var xds bool
 		for _, g := range nomadBlocks(jobs["bowline"].Body, "group") {
 			for _, s := range nomadBlocks(g.Body, "service") {
 				xds = xds || (nomadString(t, s.Body, "name") == "bowline-xds" && nomadString(t, s.Body, "provider") == "nomad")
 			}
 			for _, task := range nomadBlocks(g.Body, "task") {
-				if cmd, args := nomadCommand(t, task); cmd == "bowline" && len(args) > 0 && args[0] == "server" {
+				cmd, args := nomadCommand(t, task)
+				if cmd == "bowline" && len(args) > 0 && args[0] == "server" {
 					server = task
+				}
+				if cmd == "bowline" && len(args) > 0 && args[0] == "policyd" {
+					policyd, policydGroup = task, g
 				}
 			}
 		}
 		if server == nil || !xds {
 			t.Fatalf("want a task running `bowline server` and the service bowline-xds (task found: %v, service: %v)", server != nil, xds)
 		}
-		var config string
-		for _, tmpl := range nomadBlocks(server.Body, "template") {
-			config += nomadTemplateSource(tmpl.Body, "data")
+		if policyd == nil {
+			t.Fatal("want a task running `bowline policyd`")
 		}
-		if !strings.Contains(config, "nomad {") {
-			t.Fatalf("the server's configuration template has no nomad block:\n%s", config)
+		serverConfig := nomadTaskConfig(t, locals["bowline"], server)
+		if !strings.Contains(serverConfig, "nomad {") {
+			t.Fatalf("the server's configuration template has no nomad block:\n%s", serverConfig)
 		}
+
+		t.Run("policyd", func(t *testing.T) {
+			_, args := nomadCommand(t, policyd)
+			// Every flag is one `bowline policyd` has.
+			_, help, _ := meshtest.Run(t, "policyd", "-h")
+			for _, a := range args[1:] {
+				if name, ok := strings.CutPrefix(a, "--"); ok && !strings.Contains(help, "\n  -"+name+" ") && !strings.Contains(help, "\n  -"+name+"\n") {
+					t.Errorf("bowline policyd has no flag %s:\n%s", a, help)
+				}
+			}
+			// The same configuration directory as the server, rendered from
+			// the same text.
+			_, serverArgs := nomadCommand(t, server)
+			if dir := nomadFlag(args, "--config"); dir == "" || dir != nomadFlag(serverArgs, "--config") {
+				t.Errorf("policyd --config %q, want the server's layout %q", dir, nomadFlag(serverArgs, "--config"))
+			}
+			if cfg := nomadTaskConfig(t, locals["bowline"], policyd); cfg != serverConfig {
+				t.Errorf("policyd's configuration template differs from the server's:\n%s\n---\n%s", cfg, serverConfig)
+			}
+
+			// Its ports are ports of its group: gRPC on every address (the
+			// sidecars dial it), HTTP on loopback.
+			var ports []string
+			for _, n := range nomadBlocks(policydGroup.Body, "network") {
+				for _, p := range nomadBlocks(n.Body, "port") {
+					ports = append(ports, p.Labels[0])
+				}
+			}
+			grpcLabel := nomadPortLabel(nomadFlag(args, "--grpc-addr"), "0.0.0.0")
+			httpLabel := nomadPortLabel(nomadFlag(args, "--http-addr"), "127.0.0.1")
+			if !slices.Contains(ports, grpcLabel) || !slices.Contains(ports, httpLabel) {
+				t.Fatalf("policyd --grpc-addr %q and --http-addr %q: want 0.0.0.0:${NOMAD_PORT_<label>} and 127.0.0.1:${NOMAD_PORT_<label>} with ports of the group (%v)",
+					nomadFlag(args, "--grpc-addr"), nomadFlag(args, "--http-addr"), ports)
+			}
+
+			// The group registers its gRPC port as the Nomad service
+			// bowline-policyd, and the mesh configuration names that service.
+			var registered bool
+			for _, s := range nomadBlocks(policydGroup.Body, "service") {
+				registered = registered || nomadString(t, s.Body, "name") == "bowline-policyd" &&
+					nomadString(t, s.Body, "provider") == "nomad" && nomadString(t, s.Body, "port") == grpcLabel
+			}
+			if !registered {
+				t.Fatalf("the policyd group does not register its gRPC port %q as the nomad service bowline-policyd", grpcLabel)
+			}
+			if len(nomadBlocks(policyd.Body, "identity")) != 1 {
+				t.Error("the policyd task has no identity block: it reads Nomad's services as the server does")
+			}
+			// Rendered as on a dev agent, whose address is 127.0.0.1.
+			rendered := regexp.MustCompile(`{{[^}]*}}`).ReplaceAllString(serverConfig, "127.0.0.1")
+			cfg, diags := config.Parse([]config.File{{Name: "mesh.hcl", Content: []byte(rendered)}})
+			if diags.HasErrors() {
+				t.Fatalf("the configuration template does not parse: %s\n%s", diags.Error(), rendered)
+			}
+			if cfg.Nomad == nil || cfg.Nomad.Address != "http://127.0.0.1:4646" {
+				t.Fatalf("the configuration's nomad block: %+v", cfg.Nomad)
+			}
+			if p := cfg.Mesh.Policyd; p == nil || p.Service == nil || *p.Service != (config.ServiceRef{Namespace: "default", Name: "bowline-policyd"}) {
+				t.Fatalf("mesh { policyd { ... } } = %+v, want service default/bowline-policyd", p)
+			}
+		})
 	})
 
 	for _, name := range []string{"api", "web"} {
@@ -148,6 +220,63 @@ func TestNomadJobFiles(t *testing.T) {
 	}
 }
 
+// nomadLocals evaluates a job file's locals blocks (literals only) into
+// the context its templates are evaluated in.
+func nomadLocals(t *testing.T, body *hclsyntax.Body) *hcl.EvalContext {
+	t.Helper()
+	vals := map[string]cty.Value{}
+	for _, b := range nomadBlocks(body, "locals") {
+		for name := range b.Body.Attributes {
+			v, _ := nomadValue(t, b.Body, name)
+			vals[name] = v
+		}
+	}
+	return &hcl.EvalContext{Variables: map[string]cty.Value{"local": cty.ObjectVal(vals)}}
+}
+
+// nomadTaskConfig returns what a task's templates render into its
+// configuration directory (local/config), concatenated: the value of each
+// data attribute (a local, or literal text), or its source where it cannot
+// be evaluated here.
+func nomadTaskConfig(t *testing.T, ctx *hcl.EvalContext, task *hclsyntax.Block) string {
+	t.Helper()
+	var out string
+	for _, tmpl := range nomadBlocks(task.Body, "template") {
+		if !strings.HasPrefix(nomadString(t, tmpl.Body, "destination"), "local/config/") {
+			continue
+		}
+		a, ok := tmpl.Body.Attributes["data"]
+		if !ok {
+			continue
+		}
+		if v, diags := a.Expr.Value(ctx); !diags.HasErrors() && v.Type() == cty.String {
+			out += v.AsString()
+		} else {
+			out += nomadSource(a.SrcRange)
+		}
+	}
+	return out
+}
+
+// nomadFlag returns the value that follows a flag in args ("" if none).
+func nomadFlag(args []string, flag string) string {
+	i := slices.Index(args, flag)
+	if i < 0 || i+1 >= len(args) {
+		return ""
+	}
+	return args[i+1]
+}
+
+// nomadPortLabel returns <label> of an address "<host>:${NOMAD_PORT_<label>}"
+// with the given host ("" otherwise).
+func nomadPortLabel(addr, host string) string {
+	label, ok := strings.CutPrefix(addr, host+":${NOMAD_PORT_")
+	if !ok || !strings.HasSuffix(label, "}") {
+		return ""
+	}
+	return strings.TrimSuffix(label, "}")
+}
+
 func nomadBlocks(body *hclsyntax.Body, typ string) []*hclsyntax.Block {
 	var out []*hclsyntax.Block
 	for _, b := range body.Blocks {
@@ -211,7 +340,8 @@ func nomadSource(r hcl.Range) string {
 }
 
 // nomadCommand returns a task's config command and its literal arguments
-// (an argument with ${NOMAD_...} is returned as its source text).
+// (an argument with ${NOMAD_...} is returned as its source text, without
+// the quotes).
 func nomadCommand(t *testing.T, task *hclsyntax.Block) (string, []string) {
 	t.Helper()
 	cfgs := nomadBlocks(task.Body, "config")
@@ -232,7 +362,7 @@ func nomadCommand(t *testing.T, task *hclsyntax.Block) (string, []string) {
 		if v, diags := e.Value(nil); !diags.HasErrors() && v.Type() == cty.String {
 			args = append(args, v.AsString())
 		} else {
-			args = append(args, nomadSource(e.Range()))
+			args = append(args, strings.Trim(nomadSource(e.Range()), `"`))
 		}
 	}
 	return cmd, args

@@ -19,6 +19,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/bowlinemesh/bowline/adapters/nomad/nomadtest"
@@ -35,9 +36,9 @@ func nomadGreeter(version string, extraMeta map[string]string) nomadtest.Job {
 	return nomadtest.Job{ID: "greeter", Services: []nomadtest.Service{{Name: "greeter", PortLabel: "grpc", Tags: []string{"mesh"}, Meta: meta}}}
 }
 
-// startNomadMesh starts `bowline server` (the binary) on a config directory
-// whose nomad block points at the double.
-func startNomadMesh(t *testing.T, nomad *nomadtest.Server) *meshtest.Server {
+// startNomadMesh starts `bowline server` (the binary, with args) on a config
+// directory whose nomad block points at the double.
+func startNomadMesh(t *testing.T, nomad *nomadtest.Server, args ...string) *meshtest.Server {
 	t.Helper()
 	dir := t.TempDir()
 	meshtest.WriteFile(t, dir, "mesh.hcl", fmt.Sprintf(`
@@ -49,7 +50,7 @@ nomad {
   address = %q
 }
 `, nomad.URL()))
-	return meshtest.StartServer(t, meshtest.ServerOptions{ConfigDir: dir})
+	return meshtest.StartServer(t, meshtest.ServerOptions{ConfigDir: dir, Args: args})
 }
 
 // nomadOnly waits until n calls in a row are answered by the given backends
@@ -206,6 +207,114 @@ func TestNomadTrafficFollowsRegistrations(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// nomadVersionRoute routes greeter: calls with x-version: <header> go to
+// that subset, the others to dflt.
+func nomadVersionRoute(header, dflt string) string {
+	return fmt.Sprintf(`
+route "greeter" {
+  rule {
+    match {
+      header "x-version" {
+        exact = %q
+      }
+    }
+    destination {
+      subset = %q
+    }
+  }
+  rule {
+    destination {
+      subset = %q
+    }
+  }
+}
+`, header, header, dflt)
+}
+
+// meta.version from the job spec selects subsets: two allocations of
+// greeter, one from a job whose service block says version v1, one from a
+// canary job that says v2 (one Nomad service, two job specs), are split into
+// the subsets v1 and v2, and routes send traffic by version; a route change
+// and a version change in the job move the traffic.
+func TestNomadVersionSelectsSubsets(t *testing.T) {
+	ctx := t.Context()
+	bv1, bv2 := meshtest.StartBackend(t, "b-v1"), meshtest.StartBackend(t, "b-v2")
+	nomad := nomadtest.Start(t, nomadtest.Options{})
+	canary := func(version string) nomadtest.Job {
+		j := nomadGreeter(version, nil)
+		j.ID = "greeter-canary"
+		return j
+	}
+	nomad.SubmitJob(nomadGreeter("v1", nil))
+	nomad.SubmitJob(canary("v2"))
+	nomad.StartAlloc("", "greeter", map[string]int{"grpc": bv1.Port})
+	nomad.StartAlloc("", "greeter-canary", map[string]int{"grpc": bv2.Port})
+
+	srv := startNomadMesh(t, nomad, "--check")
+	meshtest.WriteFile(t, srv.ConfigDir, "subsets.hcl", `
+subset "greeter" "v1" {
+  labels = { version = "v1" }
+}
+
+subset "greeter" "v2" {
+  labels = { version = "v2" }
+}
+`)
+	meshtest.WriteFile(t, srv.ConfigDir, "route.hcl", nomadVersionRoute("v1", "v2"))
+	c := meshtest.Dial(t, srv, "client", "greeter")
+	meshtest.Eventually(t, 20*time.Second, func() error { _, err := c.Call(ctx); return err })
+
+	// The endpoints carry the version of their own job's service block.
+	svc, _ := nomadService(t, srv, "greeter")
+	versions := map[uint32]string{}
+	for _, e := range svc.Endpoints {
+		versions[e.Port] = e.Labels["version"]
+	}
+	if want := map[uint32]string{uint32(bv1.Port): "v1", uint32(bv2.Port): "v2"}; !maps.Equal(versions, want) {
+		t.Fatalf("versions by port %v, want %v", versions, want)
+	}
+
+	v1ctx := metadata.AppendToOutgoingContext(ctx, "x-version", "v1")
+	t.Run("everything to v2, x-version: v1 to v1", func(t *testing.T) {
+		meshtest.Eventually(t, 10*time.Second, func() error { return nomadOnly(ctx, c, 60, "b-v2") })
+		if err := nomadOnly(v1ctx, c, 30, "b-v1"); err != nil {
+			t.Fatalf("x-version: v1: %v", err)
+		}
+	})
+
+	t.Run("a new route: everything to v1, x-version: v2 to v2", func(t *testing.T) {
+		meshtest.WriteFile(t, srv.ConfigDir, "route.hcl", nomadVersionRoute("v2", "v1"))
+		meshtest.Eventually(t, 10*time.Second, func() error { return nomadOnly(ctx, c, 60, "b-v1") })
+		v2ctx := metadata.AppendToOutgoingContext(ctx, "x-version", "v2")
+		if err := nomadOnly(v2ctx, c, 30, "b-v2"); err != nil {
+			t.Fatalf("x-version: v2: %v", err)
+		}
+	})
+
+	t.Run("the canary job says v1: the v1 subset has both allocations", func(t *testing.T) {
+		nomad.SubmitJob(canary("v1")) // applied in place
+		meshtest.Eventually(t, 10*time.Second, func() error { return nomadOnly(ctx, c, 60, "b-v1", "b-v2") })
+		if err := nomadOnly(v1ctx, c, 60, "b-v1", "b-v2"); err != nil {
+			t.Fatalf("x-version: v1: %v", err)
+		}
+	})
+}
+
+// A nomad block without an address follows NOMAD_ADDR, as Nomad's CLI does.
+func TestNomadAddressFromEnvironment(t *testing.T) {
+	b1 := meshtest.StartBackend(t, "b1")
+	nomad := nomadtest.Start(t, nomadtest.Options{})
+	nomad.SubmitJob(nomadGreeter("v1", nil))
+	nomad.StartAlloc("", "greeter", map[string]int{"grpc": b1.Port})
+	dir := t.TempDir()
+	meshtest.WriteFile(t, dir, "mesh.hcl", "mesh {\n  trust_domain = \"bowline.local\"\n}\n\nnomad {}\n")
+	srv := meshtest.StartServer(t, meshtest.ServerOptions{ConfigDir: dir, Env: []string{"NOMAD_ADDR=" + nomad.URL()}})
+	nomadWaitPorts(t, srv, "greeter", b1.Port)
+	if st, err := nomadSourceStatus(t, srv); err != nil || !st.Healthy {
+		t.Fatalf("nomad source %+v, %v: want healthy", st, err)
+	}
 }
 
 // A dropped event stream resyncs: changes made while it was down arrive,
