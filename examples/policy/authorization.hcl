@@ -26,11 +26,11 @@ authorization "orders" {
   }
 }
 
-# greeter: only frontend, and only the greeting methods.
+# greeter: only frontend and web, and only the greeting methods.
 authorization "greeter" {
   rule {
     action = "allow"
-    from { services = ["frontend"] }
+    from { services = ["frontend", "web"] }
     to { paths = ["/helloworld.Greeter/*"] }
   }
 }

@@ -1,4 +1,6 @@
-# Rate limits for the quickstart services (docs/policy.md, "Rate limits").
+# Rate limits for the quickstart services, greeter and web (declared in
+# services.hcl as in examples/quickstart), and for orders and frontend
+# (docs/policy.md, "Rate limits").
 #
 # Global limits are counted by bowline policyd (mesh.hcl says where it is)
 # across every instance of a service; with several policyd replicas, give
@@ -7,6 +9,69 @@
 #   bowline policyd --config examples/policy --redis-addr 127.0.0.1:6379
 #
 # Local limits are token buckets in each sidecar, and need no policyd.
+
+# greeter (gRPC): 600 calls a minute per calling service, 10 SayHello calls a
+# second per user (the x-user header; a call without it is not counted by
+# that limit), 200 calls a second per sidecar. When policyd (or its Redis)
+# cannot answer, calls go through. Only greeter's v2 instance, behind an
+# Envoy sidecar, enforces these limits: v1 is an xDS-enabled gRPC server,
+# which has no rate limit filters (bowline validate warns about each limit).
+rate_limit "greeter" {
+  on_error = "allow"
+
+  global {
+    requests = 600
+    per      = "1m"
+    by       = ["source.service"]
+  }
+
+  global {
+    requests = 10
+    per      = "1s"
+    by       = ["request.headers[\"x-user\"]"]
+    match {
+      path {
+        exact = "/helloworld.Greeter/SayHello"
+      }
+    }
+  }
+
+  local {
+    requests = 200
+    per      = "1s"
+  }
+}
+
+# web (HTTP): 3,000 requests an hour per caller (its SPIFFE ID), 5 form posts
+# every 10 seconds per path, 500 requests a second per sidecar. When the
+# limits cannot be decided, requests are refused.
+rate_limit "web" {
+  namespace = "default"
+  on_error  = "deny"
+
+  global {
+    requests = 3000
+    per      = "1h"
+    by       = ["source.principal"]
+  }
+
+  global {
+    requests = 5
+    per      = "10s"
+    by       = ["request.path"]
+    match {
+      methods = ["POST"]
+      path {
+        prefix = "/forms/"
+      }
+    }
+  }
+
+  local {
+    requests = 500
+    per      = "1s"
+  }
+}
 
 # orders: 1,000 requests a minute per calling service, 20 order creations a
 # second per caller whatever the service, 100 requests a second per sidecar.
@@ -67,7 +132,3 @@ rate_limit "frontend" {
     per      = "1s"
   }
 }
-
-# greeter is an xDS-enabled gRPC server: it has no rate limit filters, so a
-# rate_limit block for it would only be enforced by the instances behind an
-# Envoy sidecar (bowline validate warns about it).
