@@ -8,7 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/bowlinemesh/bowline/config"
+	"github.com/bowlinemesh/bowline/policy/telemetry"
 )
 
 // examples/telemetry: the configuration parses, and the Grafana dashboard
@@ -46,11 +49,31 @@ func TestTelemetryExamples(t *testing.T) {
 	if err := json.Unmarshal(raw, &dash); err != nil {
 		t.Fatal(err)
 	}
-	exported := []string{
-		"istio_requests_total", "istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes",
-		"istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total", "istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
-		"bowline_telemetry_series", "bowline_telemetry_series_max", "bowline_telemetry_overflow_total",
-		"bowline_telemetry_entries_total", "bowline_telemetry_streams",
+	// What policyd exports: the names its collectors describe, with the
+	// example's configuration applied.
+	svc := telemetry.New(telemetry.Options{})
+	svc.Update(cfg)
+	var exported []string
+	descs := make(chan *prometheus.Desc, 64)
+	go func() {
+		for _, c := range svc.Collectors() {
+			c.Describe(descs)
+		}
+		for _, d := range telemetry.MetricDescs(svc) {
+			descs <- d
+		}
+		close(descs)
+	}()
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	for d := range descs {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			exported = append(exported, m[1])
+		}
+	}
+	for _, want := range []string{"istio_requests_total", "istio_request_duration_milliseconds", "bowline_telemetry_overflow_total"} {
+		if !slices.Contains(exported, want) {
+			t.Fatalf("policyd's collectors do not describe %s (described: %v)", want, exported)
+		}
 	}
 	labels := append(slices.Clone(config.StandardTelemetryLabels), "le", "kind")
 	metricRe := regexp.MustCompile(`\b(istio|bowline)_[a-z_]+`)
