@@ -229,6 +229,25 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 		return nil, errors.New("consul: MaxConns must be at least 2 (one for the catalog, one for services)")
 	}
 
+	client, transport, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Source{
+		cfg:    cfg,
+		log:    log.With("source", "consul"),
+		client: client,
+		conv:   convertOptions{TrustDomain: cfg.TrustDomain, Datacenter: cfg.Datacenter},
+
+		catalogWait: min(cfg.WaitTime, defaultCatalogWait),
+		autoConns:   autoConns,
+		transport:   transport,
+	}, nil
+}
+
+// newClient builds the Consul client for cfg, and returns the transport it
+// built (nil with cfg.HTTPClient).
+func newClient(cfg Config) (*api.Client, *http.Transport, error) {
 	ac := api.DefaultConfig()
 	if cfg.Address != "" {
 		ac.Address = cfg.Address
@@ -253,7 +272,7 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 		if cfg.WrapTransport != nil {
 			hc, err := api.NewHttpClient(ac.Transport, ac.TLSConfig)
 			if err != nil {
-				return nil, fmt.Errorf("consul: http client: %w", err)
+				return nil, nil, fmt.Errorf("consul: http client: %w", err)
 			}
 			hc.Transport = cfg.WrapTransport(hc.Transport)
 			ac.HttpClient = hc
@@ -261,23 +280,14 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 	}
 	client, err := api.NewClient(ac)
 	if err != nil {
-		return nil, fmt.Errorf("consul: client for %s: %w", ac.Address, err)
+		return nil, nil, fmt.Errorf("consul: client for %s: %w", ac.Address, err)
 	}
-	return &Source{
-		cfg:    cfg,
-		log:    log.With("source", "consul"),
-		client: client,
-		conv:   convertOptions{TrustDomain: cfg.TrustDomain, Datacenter: cfg.Datacenter},
-
-		catalogWait: min(cfg.WaitTime, defaultCatalogWait),
-		autoConns:   autoConns,
-		transport:   transport,
-	}, nil
+	return client, transport, nil
 }
 
 // sizeConns sets MaxConns from the agent's limits.http_max_conns_per_client
-// (see Config.MaxConns). It runs once, before the source's first request, so
-// the transport is not yet in use.
+// (see Config.MaxConns). It runs once, at the start of Run, before the
+// watches use the client.
 func (s *Source) sizeConns(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, agentLimitTimeout)
 	defer cancel()
@@ -287,12 +297,21 @@ func (s *Source) sizeConns(ctx context.Context) {
 			"max_conns", s.cfg.MaxConns, "err", err)
 		return
 	}
-	s.cfg.MaxConns = maxConnsFor(limit)
-	if s.transport != nil {
-		n := max(s.cfg.MaxConns, 0)
-		s.transport.MaxConnsPerHost = n
-		s.transport.MaxIdleConnsPerHost = cmp.Or(n, 1024)
+	n := maxConnsFor(limit)
+	if n != s.cfg.MaxConns && s.transport != nil {
+		// The transport has served the read: a new client carries the new
+		// bound (a transport's settings cannot change once it is in use).
+		cfg := s.cfg
+		cfg.MaxConns = n
+		client, transport, err := newClient(cfg)
+		if err != nil {
+			s.log.Info("keeping the default bound on open requests", "max_conns", s.cfg.MaxConns, "err", err)
+			return
+		}
+		s.transport.CloseIdleConnections()
+		s.client, s.transport = client, transport
 	}
+	s.cfg.MaxConns = n
 	s.log.Debug("sized the bound on open requests from the agent's limit",
 		"http_max_conns_per_client", limit, "max_conns", s.cfg.MaxConns)
 }
