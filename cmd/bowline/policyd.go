@@ -16,7 +16,7 @@ func runPolicyd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	)
 	fs := newFlagSet("policyd", stderr)
 	fs.StringVar(&o.ConfigDir, "config", envOr("BOWLINE_CONFIG", "."), "directory of HCL configuration files (the server's)")
-	fs.StringVar(&o.GRPCAddr, "grpc-addr", envOr("BOWLINE_POLICYD_GRPC_ADDR", "127.0.0.1:15020"), "address of the gRPC port (ext_authz v3)")
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", envOr("BOWLINE_POLICYD_GRPC_ADDR", "127.0.0.1:15020"), "address of the gRPC port (ext_authz v3, rate limit service v3, access log service v3)")
 	fs.StringVar(&o.HTTPAddr, "http-addr", envOr("BOWLINE_POLICYD_HTTP_ADDR", "127.0.0.1:15021"), "address of the dashboard (/), /healthz, /readyz, /metrics, /v1/rules, /v1/graph and /v1/signals")
 	fs.StringVar(&o.RedisAddr, "redis-addr", envOr("BOWLINE_POLICYD_REDIS_ADDR", ""), "keep the rate limit counters in Redis at host:port, shared by every policyd replica given the same one (default: in memory)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
