@@ -29,6 +29,13 @@ type fragment struct {
 	rlimits  []*RateLimit   // rate_limit blocks (ratelimit_decode.go)
 }
 
+// hasRules reports whether the file declares anything besides services:
+// what the proxies' configuration is translated from, beyond the catalog.
+func (f *fragment) hasRules() bool {
+	return f.mesh != nil || f.consul != nil || f.nomad != nil || f.k8s != nil || len(f.defaults) > 0 || len(f.subsets) > 0 ||
+		len(f.routes) > 0 || f.identity != nil || len(f.authz) > 0 || len(f.jwt) > 0 || f.tel != nil || len(f.rlimits) > 0
+}
+
 var fileSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "mesh"},

@@ -16,11 +16,16 @@ import (
 // Config is one valid, complete configuration. Never modify a published one.
 type Config struct {
 	// Version is a content hash of the accepted files.
-	Version  string
-	Mesh     Mesh
-	Services []*ServiceDecl
-	Consul   *ConsulDecl
-	Nomad    *NomadDecl
+	Version string
+	// RulesVersion is a content hash of the accepted files that declare
+	// more than services: it changes only when something besides the file
+	// registry's services does, which the file registry brings to the
+	// catalog (and so to the proxies it concerns) on its own.
+	RulesVersion string
+	Mesh         Mesh
+	Services     []*ServiceDecl
+	Consul       *ConsulDecl
+	Nomad        *NomadDecl
 	// Kubernetes enables the Kubernetes adapter.
 	Kubernetes *KubernetesDecl
 	// Traffic holds the traffic rules (service_defaults, subset, route).

@@ -230,14 +230,20 @@ func (s *Store) rebuild() {
 			delete(s.rejected, name) // its newest version is in force
 		}
 	}
-	h := sha256.New()
+	h, rules := sha256.New(), sha256.New()
 	for _, name := range slices.Sorted(maps.Keys(candidate)) {
 		h.Write([]byte(name))
 		h.Write([]byte{0})
 		h.Write([]byte(candidate[name].hash))
+		if candidate[name].frag.hasRules() {
+			rules.Write([]byte(name))
+			rules.Write([]byte{0})
+			rules.Write([]byte(candidate[name].hash))
+		}
 		cfg.Status.Files = append(cfg.Status.Files, FileStatus{Name: name, Hash: candidate[name].hash, Stale: s.rejected[name].Name != ""})
 	}
 	cfg.Version = hex.EncodeToString(h.Sum(nil)[:8])
+	cfg.RulesVersion = hex.EncodeToString(rules.Sum(nil)[:8])
 	for _, name := range slices.Sorted(maps.Keys(s.rejected)) {
 		cfg.Status.Rejected = append(cfg.Status.Rejected, s.rejected[name])
 	}

@@ -680,3 +680,39 @@ type failingSource struct{ err error }
 func (failingSource) Name() string { return "failing" }
 
 func (f failingSource) Run(context.Context, chan<- config.FileSet) error { return f.err }
+
+// RulesVersion follows the files that declare more than services: a change
+// to a services-only file leaves it (the catalog carries that change), a
+// change to any other file, or a services file gaining a rule, moves it.
+func TestStoreRulesVersion(t *testing.T) {
+	const route = "route \"greeter\" {\n  rule {\n    destination {\n      service = \"greeter\"\n    }\n  }\n}\n"
+	const route2 = "route \"greeter\" {\n  rule {\n    timeout = \"2s\"\n    destination {\n      service = \"greeter\"\n    }\n  }\n}\n"
+	st, _ := newStore(t)
+	steps := []struct {
+		name      string
+		files     []config.File
+		wantMoved bool
+	}{
+		{"first", []config.File{file("svc.hcl", svcFile("greeter:1")), file("rules.hcl", route)}, true},
+		{"services-only file changes", []config.File{file("svc.hcl", svcFile("greeter:2")), file("rules.hcl", route)}, false},
+		{"a services-only file appears", []config.File{file("svc.hcl", svcFile("greeter:2")), file("more.hcl", svcFile("web:3")), file("rules.hcl", route)}, false},
+		{"the rules file changes", []config.File{file("svc.hcl", svcFile("greeter:2")), file("more.hcl", svcFile("web:3")), file("rules.hcl", route2)}, true},
+		{"a services file gains a rule", []config.File{file("svc.hcl", svcFile("greeter:2")+route), file("more.hcl", svcFile("web:3"))}, true},
+		{"services change in a file with rules", []config.File{file("svc.hcl", svcFile("greeter:4")+route), file("more.hcl", svcFile("web:3"))}, true},
+	}
+	prev := ""
+	for _, s := range steps {
+		st.Update(set(s.files...))
+		cfg := st.Current()
+		if len(cfg.Status.Rejected) != 0 {
+			t.Fatalf("%s: rejected %+v", s.name, cfg.Status.Rejected)
+		}
+		if cfg.RulesVersion == "" {
+			t.Fatalf("%s: empty RulesVersion", s.name)
+		}
+		if moved := cfg.RulesVersion != prev; moved != s.wantMoved {
+			t.Errorf("%s: RulesVersion moved = %t, want %t", s.name, moved, s.wantMoved)
+		}
+		prev = cfg.RulesVersion
+	}
+}

@@ -143,11 +143,16 @@ type xdsCache struct {
 	mu     sync.Mutex
 	nodes  map[string]*nodeState
 	nextID int64
+	// diffs memoizes differences between type sets (incremental.go).
+	diffs map[[2]*typeSet]*setDiff
 }
 
 type nodeState struct {
 	types   map[string]*typeSet
 	watches map[int64]*watch
+	// sent is what the proxy's delta stream was last sent, by type
+	// (incremental.go).
+	sent map[string]*sentState
 }
 
 type watch struct {
@@ -166,7 +171,7 @@ func newXDSCache() *xdsCache { return &xdsCache{nodes: map[string]*nodeState{}} 
 func (c *xdsCache) node(id string) *nodeState {
 	n, ok := c.nodes[id]
 	if !ok {
-		n = &nodeState{types: map[string]*typeSet{}, watches: map[int64]*watch{}}
+		n = &nodeState{types: map[string]*typeSet{}, watches: map[int64]*watch{}, sent: map[string]*sentState{}}
 		c.nodes[id] = n
 	}
 	return n
@@ -240,7 +245,14 @@ func (c *xdsCache) tryRespond(n *nodeState, w *watch) bool {
 		return false // nothing built for this proxy yet
 	}
 	if w.dch != nil {
-		return respondDelta(ts, w)
+		if decided, sent := c.respondDeltaIncremental(n, ts, w); decided {
+			return sent
+		}
+		next := respondDelta(ts, w)
+		if next != nil {
+			n.sent[w.typeURL] = &sentState{ts: ts, next: next}
+		}
+		return next != nil
 	}
 	return respondSotW(ts, w)
 }
@@ -312,7 +324,9 @@ func respondSotW(ts *typeSet, w *watch) bool {
 	return true
 }
 
-func respondDelta(ts *typeSet, w *watch) bool {
+// respondDelta answers w with every subscribed resource the proxy lacks, and
+// returns the version map it handed over (nil when it sent nothing).
+func respondDelta(ts *typeSet, w *watch) map[string]string {
 	returned := w.sub.ReturnedResources()
 	resp := &discoverypb.DeltaDiscoveryResponse{SystemVersionInfo: ts.version, TypeUrl: w.typeURL}
 	entries := subscribed(ts, w.sub)
@@ -334,12 +348,12 @@ func respondDelta(ts *typeSet, w *watch) bool {
 		resp.RemovedResources = append(resp.RemovedResources, name)
 	}
 	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 {
-		return false
+		return nil
 	}
 	slices.SortFunc(resp.Resources, func(a, b *discoverypb.Resource) int { return strings.Compare(a.GetName(), b.GetName()) })
 	slices.Sort(resp.RemovedResources)
 	w.dch <- &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, DeltaDiscoveryResponse: resp, NextVersionMap: next}
-	return true
+	return next
 }
 
 // typeURLs lists the types a proxy is served, in the order Envoy wants them

@@ -92,7 +92,7 @@ func (c *callbacks) attach(id int64, node *core.Node, delta bool, att *attestati
 		(*Server)(c).attachIdentityLocked(p, att)
 		c.metrics.connected.Set(float64(len(c.proxies)))
 		c.log.Info("proxy connected", "proxy", p.id, "kind", spec.Kind, "service", spec.Service, "delta", delta)
-		(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+		(*Server)(c).rebuildLocked(p, (*Server)(c).partsLocked(), time.Now())
 	}
 	p.streams++
 	return p, nil
@@ -135,7 +135,7 @@ func (c *callbacks) updateListeners(p *proxy) {
 		return // no stream has named any: keep what the proxy has
 	}
 	if p.setListeners(names) {
-		(*Server)(c).rebuildLocked(p, map[string]*built{}, time.Now())
+		(*Server)(c).rebuildLocked(p, (*Server)(c).partsLocked(), time.Now())
 	}
 }
 

@@ -245,6 +245,7 @@ func (s *Server) renewDue(now time.Time, caChanged bool) time.Time {
 	defer s.mu.Unlock()
 	if caChanged {
 		s.in.TrustBundle = s.opts.Identity.RootsPEM()
+		s.parts = nil // built with the previous bundle
 	}
 	used := map[spiffeid.ID]bool{}
 	var next time.Time

@@ -72,6 +72,20 @@ type Server struct {
 	proxies map[string]*proxy
 	streams map[int64]*stream
 	ident   identityState
+	// parts are the translations built from the current input (catalog,
+	// configuration, trust bundle), by sharing key: a proxy that connects
+	// takes the parts others already use instead of translating them again.
+	// A new input starts a new map.
+	parts map[string]*built
+}
+
+// partsLocked returns the translations of the current input. s.mu must be
+// held.
+func (s *Server) partsLocked() map[string]*built {
+	if s.parts == nil {
+		s.parts = map[string]*built{}
+	}
+	return s.parts
 }
 
 type stream struct {
@@ -139,11 +153,13 @@ func (s *Server) Run(ctx context.Context, catalog CatalogFeed, cfg ConfigFeed) e
 	var (
 		pendingSnap *discovery.Snapshot
 		pendingCfg  *config.Config
-		changed     = map[discovery.ServiceKey]struct{}{}
-		all         bool
-		since       time.Time
-		timer       *time.Timer
-		fire        <-chan time.Time
+		// rulesVersion is the latest configuration's RulesVersion.
+		rulesVersion string
+		changed      = map[discovery.ServiceKey]struct{}{}
+		all          bool
+		since        time.Time
+		timer        *time.Timer
+		fire         <-chan time.Time
 	)
 	arm := func() {
 		if timer == nil {
@@ -170,7 +186,13 @@ func (s *Server) Run(ctx context.Context, catalog CatalogFeed, cfg ConfigFeed) e
 			arm()
 		case c := <-cfgs:
 			pendingCfg = c
-			all = true
+			// A change to the file registry's services alone reaches the
+			// proxies it concerns through the catalog; anything else in the
+			// configuration may concern every proxy.
+			if c.RulesVersion == "" || c.RulesVersion != rulesVersion {
+				all = true
+			}
+			rulesVersion = c.RulesVersion
 			arm()
 		case <-fire:
 			timer, fire = nil, nil
@@ -195,6 +217,7 @@ func (s *Server) apply(snap *discovery.Snapshot, cfg *config.Config, changed map
 		s.readyOne.Do(func() { close(s.ready) })
 	}
 	shared := map[string]*built{}
+	s.parts = shared
 	for _, id := range slices.Sorted(maps.Keys(s.proxies)) {
 		p := s.proxies[id]
 		if !all && !p.affectedBy(changed) {
