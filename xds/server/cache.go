@@ -254,7 +254,16 @@ func (c *xdsCache) tryRespond(n *nodeState, w *watch) bool {
 		}
 		return next != nil
 	}
-	return respondSotW(ts, w)
+	if !cachev3.ResourceRequiresFullStateInSotw(w.typeURL) {
+		if decided, sent := c.respondSotWIncremental(n, ts, w); decided {
+			return sent
+		}
+	}
+	next := respondSotW(ts, w)
+	if next != nil && !cachev3.ResourceRequiresFullStateInSotw(w.typeURL) {
+		n.sent[w.typeURL] = &sentState{ts: ts, next: next, subs: w.sub.SubscribedResources(), wildcard: w.sub.IsWildcard()}
+	}
+	return next != nil
 }
 
 // subscribed lists the resources of ts a subscription covers (unordered).
@@ -272,7 +281,10 @@ func subscribed(ts *typeSet, sub cachev3.Subscription) []*entry {
 	return out
 }
 
-func respondSotW(ts *typeSet, w *watch) bool {
+// respondSotW answers w with what the proxy lacks (every subscribed resource
+// for the types sent whole), and returns the version map it handed over (nil
+// when it sent nothing).
+func respondSotW(ts *typeSet, w *watch) map[string]string {
 	returned := w.sub.ReturnedResources()
 	entries := subscribed(ts, w.sub)
 	full := cachev3.ResourceRequiresFullStateInSotw(w.typeURL)
@@ -286,7 +298,7 @@ func respondSotW(ts *typeSet, w *watch) bool {
 			}
 		}
 		if !missing {
-			return false
+			return nil
 		}
 	}
 	next := make(map[string]string, len(entries))
@@ -312,7 +324,7 @@ func respondSotW(ts *typeSet, w *watch) bool {
 		if len(send) == 0 && w.req.GetVersionInfo() != "" {
 			// Nothing new for this proxy (another resource of the type
 			// changed): no response is needed for routes and endpoints.
-			return false
+			return nil
 		}
 	}
 	slices.SortFunc(send, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
@@ -321,7 +333,7 @@ func respondSotW(ts *typeSet, w *watch) bool {
 		resp.Resources[i] = e.any
 	}
 	w.ch <- &cachev3.PassthroughResponse{Request: w.req, DiscoveryResponse: resp, ReturnedResources: next}
-	return true
+	return next
 }
 
 // respondDelta answers w with every subscribed resource the proxy lacks, and

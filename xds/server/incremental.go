@@ -8,6 +8,7 @@ import (
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Incremental delta responses. A proxy receiving every service holds
@@ -26,6 +27,11 @@ import (
 type sentState struct {
 	ts   *typeSet
 	next map[string]string
+	// subs and wildcard are the state-of-the-world subscription the
+	// response answered (a state-of-the-world request names every resource
+	// each time).
+	subs     map[string]struct{}
+	wildcard bool
 }
 
 // setDiff is how one type set differs from another: the names whose entry
@@ -161,5 +167,74 @@ func (c *xdsCache) respondDeltaIncremental(n *nodeState, ts *typeSet, w *watch) 
 	slices.Sort(resp.RemovedResources)
 	n.sent[w.typeURL] = &sentState{ts: ts, next: next}
 	w.dch <- &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, DeltaDiscoveryResponse: resp, NextVersionMap: next}
+	return true, true
+}
+
+// sameNames reports whether two subscriptions name the same resources.
+func sameNames(a, b map[string]struct{}) bool {
+	if reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
+		return true
+	}
+	if len(a) != len(b) {
+		return false
+	}
+	for n := range a {
+		if _, ok := b[n]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// respondSotWIncremental is respondDeltaIncremental for the state-of-the-world
+// types that are not sent whole (routes, endpoints, secrets): when w is an
+// ACK of the last response, naming the same resources, it answers from what
+// changed since.
+func (c *xdsCache) respondSotWIncremental(n *nodeState, ts *typeSet, w *watch) (decided, sent bool) {
+	prev := n.sent[w.typeURL]
+	returned := w.sub.ReturnedResources()
+	if prev == nil || !sameMap(prev.next, returned) || w.req.GetVersionInfo() != prev.ts.version ||
+		w.sub.IsWildcard() != prev.wildcard || !sameNames(w.sub.SubscribedResources(), prev.subs) {
+		return false, false
+	}
+	// Each request brings a new (then unchanging) set of names: remember
+	// this one, so that the next comparison with it is a pointer's.
+	prev.subs = w.sub.SubscribedResources()
+	if prev.ts == ts {
+		return true, false
+	}
+	d := c.diff(prev.ts, ts)
+	subscribed := w.sub.SubscribedResources()
+	var next map[string]string
+	var send []*entry
+	for _, name := range d.changed {
+		if _, ok := subscribed[name]; !ok && !prev.wildcard {
+			continue
+		}
+		e, _ := ts.get(name)
+		if returned[e.name] == e.version {
+			continue
+		}
+		if next == nil {
+			next = maps.Clone(returned)
+		}
+		next[e.name] = e.version
+		send = append(send, e)
+	}
+	if len(send) == 0 {
+		// Nothing new for this proxy (another resource of the type
+		// changed): no response is needed for these types.
+		return true, false
+	}
+	for _, name := range d.removed {
+		delete(next, name)
+	}
+	slices.SortFunc(send, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	resp := &discoverypb.DiscoveryResponse{VersionInfo: ts.version, TypeUrl: w.typeURL, Resources: make([]*anypb.Any, len(send))}
+	for i, e := range send {
+		resp.Resources[i] = e.any
+	}
+	n.sent[w.typeURL] = &sentState{ts: ts, next: next, subs: subscribed, wildcard: prev.wildcard}
+	w.ch <- &cachev3.PassthroughResponse{Request: w.req, DiscoveryResponse: resp, ReturnedResources: next}
 	return true, true
 }

@@ -162,3 +162,117 @@ func compareNames(a, b string) int {
 	}
 	return 0
 }
+
+// TestIncrementalSotWMatchesFull is TestIncrementalDeltaMatchesFull for
+// state-of-the-world endpoints: after every change, the proxy holds the
+// current version of every subscribed resource that exists, and the
+// returned resources go-control-plane keeps are exactly those.
+func TestIncrementalSotWMatchesFull(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	entryOf := func(name string, gen int) *entry {
+		return &entry{name: name, version: fmt.Sprintf("v%d", gen), any: &anypb.Any{TypeUrl: resourcev3.EndpointType, Value: []byte(name)}}
+	}
+	base := map[string]*entry{}
+	for i := range 50 {
+		n := fmt.Sprintf("svc-%02d", i)
+		base[n] = entryOf(n, 0)
+	}
+	own := map[string]*entry{"local_app": entryOf("local_app", 0)}
+	setOf := func() *typeSet {
+		b := newTypeSet(slices.SortedFunc(maps.Values(base), func(a, b *entry) int { return compareNames(a.name, b.name) }))
+		o := newTypeSet(slices.SortedFunc(maps.Values(own), func(a, b *entry) int { return compareNames(a.name, b.name) }))
+		return layer(b, o)
+	}
+	var names []string
+	for i := range 50 {
+		names = append(names, fmt.Sprintf("svc-%02d", i))
+	}
+	names = append(names, "local_app")
+
+	c := newXDSCache()
+	node := &core.Node{Id: "proxy-1"}
+	sub := streamv3.NewSotwSubscription(names, false)
+	held := map[string]string{}
+	version := ""
+	ch := make(chan cachev3.Response, 1)
+	watch := func() {
+		t.Helper()
+		sub.SetResourceSubscription(names) // as the server does on every request
+		if _, err := c.CreateWatch(&cachev3.Request{Node: node, TypeUrl: resourcev3.EndpointType, VersionInfo: version, ResourceNames: names}, sub, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	receive := func() bool {
+		select {
+		case r := <-ch:
+			resp, err := r.GetDiscoveryResponse()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range resp.GetResources() {
+				held[string(a.GetValue())] = r.GetReturnedResources()[string(a.GetValue())]
+			}
+			version = resp.GetVersionInfo()
+			sub.SetReturnedResources(r.GetReturnedResources())
+			return true
+		default:
+			return false
+		}
+	}
+	check := func(step int) {
+		t.Helper()
+		want := map[string]string{}
+		c.nodes[node.GetId()].types[resourcev3.EndpointType].each(func(e *entry) { want[e.name] = e.version })
+		for n, v := range want {
+			if held[n] != v {
+				t.Fatalf("step %d: the proxy holds %s at %q, want %q", step, n, held[n], v)
+			}
+		}
+		if !maps.Equal(sub.ReturnedResources(), want) {
+			t.Fatalf("step %d: returned resources %v, want %v", step, sub.ReturnedResources(), want)
+		}
+	}
+	c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: setOf()})
+	watch()
+	if !receive() {
+		t.Fatal("no first response")
+	}
+	check(0)
+	responses := 0
+	for step := 1; step <= 300; step++ {
+		watch()
+		switch k := rng.IntN(8); {
+		case k < 4:
+			n := fmt.Sprintf("svc-%02d", rng.IntN(50))
+			if _, ok := base[n]; ok {
+				base[n] = entryOf(n, step)
+			}
+		case k < 5:
+			delete(base, fmt.Sprintf("svc-%02d", rng.IntN(50)))
+		case k < 6:
+			n := fmt.Sprintf("svc-%02d", rng.IntN(50))
+			base[n] = entryOf(n, step)
+		case k < 7:
+			own["local_app"] = entryOf("local_app", step)
+		default:
+			for n := range base {
+				base[n] = entryOf(n, step)
+			}
+		}
+		c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: setOf()})
+		if receive() {
+			responses++
+		} else {
+			c.mu.Lock()
+			clear(c.nodes[node.GetId()].watches)
+			c.mu.Unlock()
+			// No response: the set only lost resources, which a
+			// state-of-the-world proxy keeps until told otherwise.
+			continue
+		}
+		check(step)
+	}
+	if responses < 100 {
+		t.Fatalf("only %d responses in 300 steps", responses)
+	}
+}
