@@ -5,6 +5,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -25,26 +26,13 @@ func TestIncrementalDeltaMatchesFull(t *testing.T) {
 	for _, wildcard := range []bool{false, true} {
 		t.Run(fmt.Sprintf("wildcard=%t", wildcard), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(1, 2))
-			entryOf := func(name string, gen int) *entry {
-				return &entry{name: name, version: fmt.Sprintf("v%d", gen), any: &anypb.Any{TypeUrl: resourcev3.EndpointType, Value: []byte(name)}}
-			}
-			base := map[string]*entry{}
-			for i := range 50 {
-				n := fmt.Sprintf("svc-%02d", i)
-				base[n] = entryOf(n, 0)
-			}
-			own := map[string]*entry{"local_app": entryOf("local_app", 0)}
-			setOf := func() *typeSet {
-				b := newTypeSet(slices.SortedFunc(maps.Values(base), func(a, b *entry) int { return compareNames(a.name, b.name) }))
-				o := newTypeSet(slices.SortedFunc(maps.Values(own), func(a, b *entry) int { return compareNames(a.name, b.name) }))
-				return layer(b, o)
-			}
+			f := newChangingSet()
 
 			c := newXDSCache()
 			node := &core.Node{Id: "proxy-1"}
 			var subscribe []string
 			if !wildcard {
-				for n := range base {
+				for n := range f.base {
 					subscribe = append(subscribe, n)
 				}
 				subscribe = append(subscribe, "local_app", "not-yet-there")
@@ -100,7 +88,7 @@ func TestIncrementalDeltaMatchesFull(t *testing.T) {
 				}
 			}
 
-			c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: setOf()})
+			c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: f.typeSet()})
 			watch(&discoverypb.DeltaDiscoveryRequest{ResourceNamesSubscribe: subscribe})
 			if !receive() {
 				t.Fatal("no first response")
@@ -110,28 +98,9 @@ func TestIncrementalDeltaMatchesFull(t *testing.T) {
 			for step := 1; step <= 300; step++ {
 				// The proxy ACKs; then the set changes, or not.
 				watch(&discoverypb.DeltaDiscoveryRequest{ResponseNonce: fmt.Sprint(nonce)})
-				switch k := rng.IntN(10); {
-				case k < 5: // one service's endpoints change
-					n := fmt.Sprintf("svc-%02d", rng.IntN(50))
-					if _, ok := base[n]; ok {
-						base[n] = entryOf(n, step)
-					}
-				case k < 6: // a service goes
-					n := fmt.Sprintf("svc-%02d", rng.IntN(50))
-					delete(base, n)
-				case k < 7: // a service comes (back)
-					n := fmt.Sprintf("svc-%02d", rng.IntN(50))
-					base[n] = entryOf(n, step)
-				case k < 8: // the proxy's own part changes
-					own["local_app"] = entryOf("local_app", step)
-				case k < 9: // every service changes
-					for n := range base {
-						base[n] = entryOf(n, step)
-					}
-				default: // nothing changes (another type did)
-				}
+				f.change(rng, step)
 				before := c.nodes[node.GetId()].sent[resourcev3.EndpointType]
-				c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: setOf()})
+				c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: f.typeSet()})
 				if receive() {
 					if before != nil && sameMap(before.next, c.nodes[node.GetId()].sent[resourcev3.EndpointType].next) {
 						t.Fatalf("step %d: the version map handed over was modified in place", step)
@@ -153,14 +122,53 @@ func TestIncrementalDeltaMatchesFull(t *testing.T) {
 	}
 }
 
-func compareNames(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
+// changingSet is a proxy's endpoints as a layered type set (a shared base of
+// 50 services, as the outbound part of sidecars, and an own layer) that
+// changes at random.
+type changingSet struct {
+	base, own map[string]*entry
+}
+
+func newChangingSet() *changingSet {
+	f := &changingSet{base: map[string]*entry{}, own: map[string]*entry{"local_app": entryOf("local_app", 0)}}
+	for i := range 50 {
+		n := fmt.Sprintf("svc-%02d", i)
+		f.base[n] = entryOf(n, 0)
 	}
-	return 0
+	return f
+}
+
+func entryOf(name string, gen int) *entry {
+	return &entry{name: name, version: fmt.Sprintf("v%d", gen), any: &anypb.Any{TypeUrl: resourcev3.EndpointType, Value: []byte(name)}}
+}
+
+// typeSet builds the current set, as the server does: the base and the own
+// layer each sorted by name, then layered.
+func (f *changingSet) typeSet() *typeSet {
+	byName := func(a, b *entry) int { return strings.Compare(a.name, b.name) }
+	return layer(newTypeSet(slices.SortedFunc(maps.Values(f.base), byName)), newTypeSet(slices.SortedFunc(maps.Values(f.own), byName)))
+}
+
+// change makes one random change, named by step.
+func (f *changingSet) change(rng *rand.Rand, step int) {
+	n := fmt.Sprintf("svc-%02d", rng.IntN(50))
+	switch k := rng.IntN(10); {
+	case k < 5: // one service's endpoints change
+		if _, ok := f.base[n]; ok {
+			f.base[n] = entryOf(n, step)
+		}
+	case k < 6: // a service goes
+		delete(f.base, n)
+	case k < 7: // a service comes (back)
+		f.base[n] = entryOf(n, step)
+	case k < 8: // the proxy's own part changes
+		f.own["local_app"] = entryOf("local_app", step)
+	case k < 9: // every service changes
+		for n := range f.base {
+			f.base[n] = entryOf(n, step)
+		}
+	default: // nothing changes (another type did)
+	}
 }
 
 // TestIncrementalSotWMatchesFull is TestIncrementalDeltaMatchesFull for
@@ -169,20 +177,7 @@ func compareNames(a, b string) int {
 // returned resources go-control-plane keeps are exactly those.
 func TestIncrementalSotWMatchesFull(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	entryOf := func(name string, gen int) *entry {
-		return &entry{name: name, version: fmt.Sprintf("v%d", gen), any: &anypb.Any{TypeUrl: resourcev3.EndpointType, Value: []byte(name)}}
-	}
-	base := map[string]*entry{}
-	for i := range 50 {
-		n := fmt.Sprintf("svc-%02d", i)
-		base[n] = entryOf(n, 0)
-	}
-	own := map[string]*entry{"local_app": entryOf("local_app", 0)}
-	setOf := func() *typeSet {
-		b := newTypeSet(slices.SortedFunc(maps.Values(base), func(a, b *entry) int { return compareNames(a.name, b.name) }))
-		o := newTypeSet(slices.SortedFunc(maps.Values(own), func(a, b *entry) int { return compareNames(a.name, b.name) }))
-		return layer(b, o)
-	}
+	f := newChangingSet()
 	var names []string
 	for i := range 50 {
 		names = append(names, fmt.Sprintf("svc-%02d", i))
@@ -232,7 +227,7 @@ func TestIncrementalSotWMatchesFull(t *testing.T) {
 			t.Fatalf("step %d: returned resources %v, want %v", step, sub.ReturnedResources(), want)
 		}
 	}
-	c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: setOf()})
+	c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: f.typeSet()})
 	watch()
 	if !receive() {
 		t.Fatal("no first response")
@@ -241,25 +236,8 @@ func TestIncrementalSotWMatchesFull(t *testing.T) {
 	responses := 0
 	for step := 1; step <= 300; step++ {
 		watch()
-		switch k := rng.IntN(8); {
-		case k < 4:
-			n := fmt.Sprintf("svc-%02d", rng.IntN(50))
-			if _, ok := base[n]; ok {
-				base[n] = entryOf(n, step)
-			}
-		case k < 5:
-			delete(base, fmt.Sprintf("svc-%02d", rng.IntN(50)))
-		case k < 6:
-			n := fmt.Sprintf("svc-%02d", rng.IntN(50))
-			base[n] = entryOf(n, step)
-		case k < 7:
-			own["local_app"] = entryOf("local_app", step)
-		default:
-			for n := range base {
-				base[n] = entryOf(n, step)
-			}
-		}
-		c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: setOf()})
+		f.change(rng, step)
+		c.set(node.GetId(), map[string]*typeSet{resourcev3.EndpointType: f.typeSet()})
 		if receive() {
 			responses++
 		} else {
