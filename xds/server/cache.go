@@ -150,8 +150,8 @@ type xdsCache struct {
 type nodeState struct {
 	types   map[string]*typeSet
 	watches map[int64]*watch
-	// sent is what the proxy's delta stream was last sent, by type
-	// (incremental.go).
+	// sent is what the proxy's stream was last sent, by type, for the
+	// types answered incrementally (incremental.go).
 	sent map[string]*sentState
 }
 
@@ -254,13 +254,14 @@ func (c *xdsCache) tryRespond(n *nodeState, w *watch) bool {
 		}
 		return next != nil
 	}
-	if !cachev3.ResourceRequiresFullStateInSotw(w.typeURL) {
-		if decided, sent := c.respondSotWIncremental(n, ts, w); decided {
-			return sent
-		}
+	if cachev3.ResourceRequiresFullStateInSotw(w.typeURL) {
+		return respondSotW(ts, w) != nil // listeners and clusters go whole: nothing to remember
+	}
+	if decided, sent := c.respondSotWIncremental(n, ts, w); decided {
+		return sent
 	}
 	next := respondSotW(ts, w)
-	if next != nil && !cachev3.ResourceRequiresFullStateInSotw(w.typeURL) {
+	if next != nil {
 		n.sent[w.typeURL] = &sentState{ts: ts, next: next, subs: w.sub.SubscribedResources(), wildcard: w.sub.IsWildcard()}
 	}
 	return next != nil

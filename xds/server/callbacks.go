@@ -59,7 +59,8 @@ func (c *callbacks) closeStream(id int64) {
 		c.log.Info("proxy disconnected", "proxy", st.nodeID)
 		return
 	}
-	if len(st.listeners) > 0 {
+	if _, ok := p.asked[id]; ok {
+		delete(p.asked, id)
 		c.updateListeners(p) // drop what only the closed stream wanted
 	}
 }
@@ -109,11 +110,11 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest)
 	c.observe(p, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	if req.GetTypeUrl() == resourcev3.ListenerType && p.spec.Kind == translate.KindGRPC && len(req.GetResourceNames()) > 0 {
 		// A state-of-the-world request names everything the stream wants.
-		st := c.streams[id]
-		st.listeners = make(map[string]struct{}, len(req.GetResourceNames()))
+		names := make(map[string]struct{}, len(req.GetResourceNames()))
 		for _, n := range req.GetResourceNames() {
-			st.listeners[n] = struct{}{}
+			names[n] = struct{}{}
 		}
+		p.asked[id] = names
 		c.updateListeners(p)
 	}
 	return nil
@@ -123,11 +124,8 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoverypb.DiscoveryRequest)
 // streams asked for, and rebuilds it when that changed. c.mu must be held.
 func (c *callbacks) updateListeners(p *proxy) {
 	var names []string
-	for _, st := range c.streams {
-		if st.nodeID != p.id {
-			continue
-		}
-		for n := range st.listeners {
+	for _, asked := range p.asked {
+		for n := range asked {
 			names = append(names, n)
 		}
 	}
@@ -159,15 +157,16 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoverypb.DeltaDiscove
 	if req.GetTypeUrl() == resourcev3.ListenerType && p.spec.Kind == translate.KindGRPC &&
 		len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()) > 0 {
 		// A delta request names what changed in the stream's subscription.
-		st := c.streams[id]
-		if st.listeners == nil {
-			st.listeners = map[string]struct{}{}
+		names := p.asked[id]
+		if names == nil {
+			names = map[string]struct{}{}
+			p.asked[id] = names
 		}
 		for _, n := range req.GetResourceNamesSubscribe() {
-			st.listeners[n] = struct{}{}
+			names[n] = struct{}{}
 		}
 		for _, n := range req.GetResourceNamesUnsubscribe() {
-			delete(st.listeners, n)
+			delete(names, n)
 		}
 		c.updateListeners(p)
 	}

@@ -249,7 +249,7 @@ func (s *Server) renewDue(now time.Time, caChanged bool) time.Time {
 	}
 	used := map[spiffeid.ID]bool{}
 	var next time.Time
-	shared := map[string]*built{}
+	shared := s.partsLocked()
 	for _, pid := range slices.Sorted(maps.Keys(s.ident.ids)) {
 		p, ok := s.proxies[pid]
 		if !ok {
@@ -348,7 +348,7 @@ func (s *Server) retryDue(ctx context.Context, now time.Time) time.Time {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	shared := map[string]*built{}
+	shared := s.partsLocked()
 	for pid, o := range outcomes {
 		p, live := s.proxies[pid]
 		if pc := s.ident.pending[pid]; !live || pc != due[pid] {

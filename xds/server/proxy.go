@@ -27,6 +27,12 @@ type proxy struct {
 	services map[discovery.ServiceKey]struct{} // the (shared) outbound part depends on these
 	own      map[discovery.ServiceKey]struct{} // and the inbound part on these
 	built    *built
+	// asked holds, by stream, the listener names a gRPC client asked for.
+	// One gRPC process may open several streams with one node id (gRPC-Go
+	// has an xDS client per channel target): the proxy is built for the
+	// union of its streams' names, so one stream's subscription never
+	// removes another's listeners.
+	asked map[int64]map[string]struct{}
 }
 
 type pendingPush struct {
@@ -61,7 +67,7 @@ type ProxyStatus struct {
 func newProxy(id string, spec translate.Proxy, userAgent string, delta bool) *proxy {
 	return &proxy{
 		id: id, spec: spec, userAgent: userAgent, since: time.Now(), delta: delta,
-		acked: map[string]string{}, pending: map[string]pendingPush{},
+		acked: map[string]string{}, pending: map[string]pendingPush{}, asked: map[int64]map[string]struct{}{},
 	}
 }
 

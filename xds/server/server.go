@@ -93,12 +93,6 @@ type stream struct {
 	delta  bool
 	// sent maps a delta response nonce to the version it carried.
 	sent map[string]string
-	// listeners are the listener names a gRPC client asked for on this
-	// stream. One gRPC process may open several streams with one node id
-	// (gRPC-Go has an xDS client per channel target): the proxy is built
-	// for the union of its streams' names, so one stream's subscription
-	// never removes another's listeners.
-	listeners map[string]struct{}
 }
 
 // typeNames maps xDS type URLs to the short names used in the admin API.
