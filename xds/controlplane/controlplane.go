@@ -133,6 +133,13 @@ func New(opts Options) (*ControlPlane, error) {
 	cp.grpc = grpc.NewServer(
 		creds,
 		grpc.MaxConcurrentStreams(1<<20),
+		// A thousand proxies hold a thousand connections that are idle
+		// between changes: buffers sized for bulk transfer, kept per
+		// connection, would be most of the server's memory. Writes go
+		// through a pooled buffer released after each flush; reads take
+		// small requests (ACKs) in a small buffer.
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(4<<10),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)

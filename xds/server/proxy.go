@@ -33,6 +33,9 @@ type proxy struct {
 	// union of its streams' names, so one stream's subscription never
 	// removes another's listeners.
 	asked map[int64]map[string]struct{}
+	// streamSet is the proxy's streams, woken when its configuration
+	// changes.
+	streamSet map[int64]*adsStream
 }
 
 type pendingPush struct {
@@ -68,6 +71,7 @@ func newProxy(id string, spec translate.Proxy, userAgent string, delta bool) *pr
 	return &proxy{
 		id: id, spec: spec, userAgent: userAgent, since: time.Now(), delta: delta,
 		acked: map[string]string{}, pending: map[string]pendingPush{}, asked: map[int64]map[string]struct{}{},
+		streamSet: map[int64]*adsStream{},
 	}
 }
 

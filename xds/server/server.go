@@ -20,7 +20,6 @@ import (
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
@@ -58,11 +57,11 @@ type Options struct {
 type Server struct {
 	log      *slog.Logger
 	opts     Options
-	cache    *xdsCache
 	marshal  *marshaller
+	bodies   *bodies
+	names    *interner
 	memo     *translate.Memo
 	memoSize int
-	xds      serverv3.Server
 	metrics  *metrics
 	ready    chan struct{}
 	readyOne sync.Once
@@ -70,8 +69,10 @@ type Server struct {
 	mu      sync.Mutex
 	in      translate.Input
 	proxies map[string]*proxy
-	streams map[int64]*stream
-	ident   identityState
+	streams map[int64]*adsStream
+	// nextStream numbers streams.
+	nextStream int64
+	ident      identityState
 	// parts are the translations built from the current input (catalog,
 	// configuration, trust bundle), by sharing key: a proxy that connects
 	// takes the parts others already use instead of translating them again.
@@ -86,13 +87,6 @@ func (s *Server) partsLocked() map[string]*built {
 		s.parts = map[string]*built{}
 	}
 	return s.parts
-}
-
-type stream struct {
-	nodeID string
-	delta  bool
-	// sent maps a delta response nonce to the version it carried.
-	sent map[string]string
 }
 
 // typeNames maps xDS type URLs to the short names used in the admin API.
@@ -116,19 +110,19 @@ func New(log *slog.Logger, opts Options) *Server {
 		metrics: newMetrics(opts.Registerer),
 		ready:   make(chan struct{}),
 		proxies: map[string]*proxy{},
-		streams: map[int64]*stream{},
+		streams: map[int64]*adsStream{},
+		marshal: newMarshaller(),
+		bodies:  newBodies(),
+		names:   newInterner(),
+		memo:    translate.NewMemo(),
 	}
-	s.cache = newXDSCache()
-	s.marshal = newMarshaller()
-	s.memo = translate.NewMemo()
-	s.xds = serverv3.NewServer(context.Background(), s.cache, (*callbacks)(s))
 	s.initIdentity()
 	return s
 }
 
 // Register serves ADS (state-of-the-world and delta) on g.
 func (s *Server) Register(g *grpc.Server) {
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, (*ads)(s))
 }
 
 // Ready is closed once the server has both a catalog snapshot and a
@@ -212,6 +206,7 @@ func (s *Server) apply(snap *discovery.Snapshot, cfg *config.Config, changed map
 	}
 	shared := map[string]*built{}
 	s.parts = shared
+	s.bodies.reset()
 	for _, id := range slices.Sorted(maps.Keys(s.proxies)) {
 		p := s.proxies[id]
 		if !all && !p.affectedBy(changed) {
@@ -424,13 +419,6 @@ func (s *Server) rebuildLocked(p *proxy, shared map[string]*built, since time.Ti
 	if maps.Equal(p.versions, b.versions) {
 		return
 	}
-	changed := map[string]*typeSet{}
-	for t, ts := range b.sets {
-		if p.versions[t] != ts.version {
-			changed[t] = ts
-		}
-	}
-	s.cache.set(p.id, changed)
 	for t, v := range b.versions {
 		if p.versions[t] != v {
 			s.metrics.pushes.WithLabelValues(typeNames[t]).Inc()
@@ -439,6 +427,9 @@ func (s *Server) rebuildLocked(p *proxy, shared map[string]*built, since time.Ti
 	}
 	p.versions = b.versions
 	p.built = b
+	for _, st := range p.streamSet {
+		st.poke()
+	}
 }
 
 // Proxies reports every connected proxy, ordered by id.
