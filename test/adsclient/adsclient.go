@@ -297,9 +297,23 @@ func sortedUnique(s []string) []string {
 }
 
 func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscoveryServiceClient) error {
-	stream, err := ads.StreamAggregatedResources(ctx)
+	var opts []grpc.CallOption
+	if c.opts.Light {
+		opts = append(opts, grpc.ForceCodecV2(newRawCodec()))
+	}
+	stream, err := ads.StreamAggregatedResources(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("adsclient: open stream: %w", err)
+	}
+	recv := stream.Recv
+	if c.opts.Light {
+		recv = func() (*discoverypb.DiscoveryResponse, error) {
+			var m rawMsg
+			if err := stream.RecvMsg(&m); err != nil {
+				return nil, err
+			}
+			return decodeSotW(m.b)
+		}
 	}
 	first := true
 	send := func(req *discoverypb.DiscoveryRequest) error {
@@ -316,7 +330,7 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		}
 	}
 	for {
-		resp, err := stream.Recv()
+		resp, err := recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) || ctx.Err() != nil {
 				return ctx.Err()
@@ -408,9 +422,23 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 }
 
 func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscoveryServiceClient) error {
-	stream, err := ads.DeltaAggregatedResources(ctx)
+	var opts []grpc.CallOption
+	if c.opts.Light {
+		opts = append(opts, grpc.ForceCodecV2(newRawCodec()))
+	}
+	stream, err := ads.DeltaAggregatedResources(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("adsclient: open delta stream: %w", err)
+	}
+	recv := stream.Recv
+	if c.opts.Light {
+		recv = func() (*discoverypb.DeltaDiscoveryResponse, error) {
+			var m rawMsg
+			if err := stream.RecvMsg(&m); err != nil {
+				return nil, err
+			}
+			return decodeDelta(m.b)
+		}
 	}
 	first := true
 	send := func(req *discoverypb.DeltaDiscoveryRequest) error {
@@ -427,7 +455,7 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 	}
 	subscribed := map[string][]string{}
 	for {
-		resp, err := stream.Recv()
+		resp, err := recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) || ctx.Err() != nil {
 				return ctx.Err()
@@ -458,11 +486,13 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 				c.resources[t] = map[string]*anypb.Any{}
 			}
 			if c.opts.Light || c.opts.OnApplied != nil {
-				next := make(map[string]*anypb.Any, len(resp.GetResources()))
+				changed = make(map[string]*anypb.Any, len(resp.GetResources()))
 				for _, r := range resp.GetResources() {
-					next[r.GetName()] = r.GetResource()
+					a := r.GetResource()
+					if o, ok := c.resources[t][r.GetName()]; !ok || o.GetTypeUrl() != a.GetTypeUrl() || !bytes.Equal(o.GetValue(), a.GetValue()) {
+						changed[r.GetName()] = a
+					}
 				}
-				changed = changedResources(c.resources[t], next)
 				for _, n := range resp.GetRemovedResources() {
 					if _, ok := c.resources[t][n]; ok {
 						removed = append(removed, n)
