@@ -55,7 +55,7 @@ func (f *Fleet) generation(k int, b []byte) int {
 		return c.gen
 	}
 	g := markerGeneration(b)
-	f.claCache[k].Store(&claGen{b: b, gen: g})
+	f.claCache[k].Store(&claGen{b: bytes.Clone(b), gen: g}) // b is the proxy's receive buffer
 	return g
 }
 

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"maps"
 	"slices"
@@ -46,10 +47,14 @@ type Options struct {
 	// Updates, when set, receives every applied response (it must not block for long).
 	Updates chan<- Update
 	// Light makes the client cheap enough to simulate thousands of proxies in
-	// one process: resource names are read from the wire (field 1 of every
+	// one process: responses are read from their bytes into a buffer the
+	// client reuses, resource names are read from the wire (field 1 of every
 	// xDS resource type) instead of decoding each resource, only resources
 	// whose bytes changed are decoded (to find the EDS and RDS names that
-	// clusters and listeners refer to), and Update.Names is left nil.
+	// clusters and listeners refer to), the client keeps a fingerprint of
+	// each resource instead of the resource (Resource finds none), and
+	// Update.Names is left nil. Applied.Changed is then valid only during
+	// the OnApplied call.
 	Light bool
 	// OnApplied, when set, is called on the stream's goroutine after each
 	// response has been ACKed (or NACKed), with the resources it added or
@@ -82,11 +87,18 @@ type Client struct {
 	// deps caches, in Light mode, the dependent names of each cluster and
 	// listener (type -> name -> EDS or RDS names); stream goroutine only.
 	deps map[string]map[string][]string
+	// fps holds, in Light mode, a fingerprint of each resource held (type ->
+	// name -> hash of its bytes) in place of resources.
+	fps  map[string]map[string]uint64
+	seed maphash.Seed
+	// changed is reused for Applied.Changed in Light mode.
+	changed map[string]*anypb.Any
 }
 
 // New returns a client; call Run to connect.
 func New(opts Options) *Client {
-	return &Client{opts: opts, resources: map[string]map[string]*anypb.Any{}, versions: map[string]string{}, deps: map[string]map[string][]string{}}
+	return &Client{opts: opts, resources: map[string]map[string]*anypb.Any{}, versions: map[string]string{}, deps: map[string]map[string][]string{},
+		fps: map[string]map[string]uint64{}, seed: maphash.MakeSeed(), changed: map[string]*anypb.Any{}}
 }
 
 // Version returns the last applied version of a type.
@@ -100,6 +112,9 @@ func (c *Client) Version(typeURL string) string {
 func (c *Client) Names(typeURL string) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.opts.Light {
+		return slices.Sorted(maps.Keys(c.fps[typeURL]))
+	}
 	return slices.Sorted(maps.Keys(c.resources[typeURL]))
 }
 
@@ -291,6 +306,47 @@ func changedResources(old, next map[string]*anypb.Any) map[string]*anypb.Any {
 	return out
 }
 
+// applyLight records a response's resources as fingerprints and returns
+// those that changed (in the reused map) and the names removed: every name
+// held but not in the response when full, else those named removed.
+func (c *Client) applyLight(t string, res []*anypb.Any, names []string, full bool, gone []string) (map[string]*anypb.Any, []string) {
+	fps := c.fps[t]
+	if fps == nil {
+		fps = map[string]uint64{}
+		c.fps[t] = fps
+	}
+	clear(c.changed)
+	var removed []string
+	var seen map[string]struct{}
+	if full {
+		seen = make(map[string]struct{}, len(res))
+	}
+	for i, a := range res {
+		h := maphash.Bytes(c.seed, a.GetValue())
+		if old, ok := fps[names[i]]; !ok || old != h {
+			c.changed[names[i]] = a
+		}
+		fps[names[i]] = h
+		if full {
+			seen[names[i]] = struct{}{}
+		}
+	}
+	if full {
+		for n := range fps {
+			if _, ok := seen[n]; !ok {
+				gone = append(gone, n)
+			}
+		}
+	}
+	for _, n := range gone {
+		if _, ok := fps[n]; ok {
+			removed = append(removed, n)
+			delete(fps, n)
+		}
+	}
+	return c.changed, removed
+}
+
 func sortedUnique(s []string) []string {
 	slices.Sort(s)
 	return slices.Compact(s)
@@ -307,8 +363,8 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 	}
 	recv := stream.Recv
 	if c.opts.Light {
+		var m rawMsg // reused: see Light
 		recv = func() (*discoverypb.DiscoveryResponse, error) {
-			var m rawMsg
 			if err := stream.RecvMsg(&m); err != nil {
 				return nil, err
 			}
@@ -340,10 +396,20 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		t := resp.GetTypeUrl()
 		ack := &discoverypb.DiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(), ResourceNames: subscribed[t]}
 		size := 0
-		rs := make(map[string]*anypb.Any, len(resp.GetResources()))
-		for _, a := range resp.GetResources() {
+		var rs map[string]*anypb.Any
+		var resNames []string
+		if c.opts.Light {
+			resNames = make([]string, len(resp.GetResources()))
+		} else {
+			rs = make(map[string]*anypb.Any, len(resp.GetResources()))
+		}
+		for i, a := range resp.GetResources() {
 			size += len(a.GetValue())
-			rs[c.name(t, a)] = a
+			if c.opts.Light {
+				resNames[i] = c.name(t, a)
+			} else {
+				rs[c.name(t, a)] = a
+			}
 		}
 		var reject error
 		if c.opts.Reject != nil {
@@ -356,12 +422,16 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		if reject != nil {
 			ack.VersionInfo = c.versions[t]
 			ack.ErrorDetail = &status.Status{Code: 3, Message: reject.Error()}
+		} else if c.opts.Light {
+			changed, removed = c.applyLight(t, resp.GetResources(), resNames, fullState(t), nil)
+			c.versions[t] = resp.GetVersionInfo()
+			ack.VersionInfo = resp.GetVersionInfo()
 		} else {
-			if c.opts.Light || c.opts.OnApplied != nil {
+			if c.opts.OnApplied != nil {
 				changed = changedResources(c.resources[t], rs)
 			}
 			if fullState(t) {
-				if c.opts.Light || c.opts.OnApplied != nil {
+				if c.opts.OnApplied != nil {
 					for n := range c.resources[t] {
 						if _, ok := rs[n]; !ok {
 							removed = append(removed, n)
@@ -408,9 +478,16 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 			c.mu.Lock()
 			v := c.versions[dt]
 			// Envoy forgets what it no longer subscribes to.
-			for n := range c.resources[dt] {
+			for _, held := range []map[string]*anypb.Any{c.resources[dt]} {
+				for n := range held {
+					if _, ok := slices.BinarySearch(names, n); !ok {
+						delete(held, n)
+					}
+				}
+			}
+			for n := range c.fps[dt] {
 				if _, ok := slices.BinarySearch(names, n); !ok {
-					delete(c.resources[dt], n)
+					delete(c.fps[dt], n)
 				}
 			}
 			c.mu.Unlock()
@@ -432,8 +509,8 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 	}
 	recv := stream.Recv
 	if c.opts.Light {
+		var m rawMsg // reused: see Light
 		recv = func() (*discoverypb.DeltaDiscoveryResponse, error) {
-			var m rawMsg
 			if err := stream.RecvMsg(&m); err != nil {
 				return nil, err
 			}
@@ -481,11 +558,18 @@ func (c *Client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 		c.bytes += int64(size)
 		if reject != nil {
 			ack.ErrorDetail = &status.Status{Code: 3, Message: reject.Error()}
+		} else if c.opts.Light {
+			names := make([]string, len(resp.GetResources()))
+			for i, r := range resp.GetResources() {
+				names[i] = r.GetName()
+			}
+			changed, removed = c.applyLight(t, anys, names, false, resp.GetRemovedResources())
+			c.versions[t] = resp.GetSystemVersionInfo()
 		} else {
 			if c.resources[t] == nil {
 				c.resources[t] = map[string]*anypb.Any{}
 			}
-			if c.opts.Light || c.opts.OnApplied != nil {
+			if c.opts.OnApplied != nil {
 				changed = make(map[string]*anypb.Any, len(resp.GetResources()))
 				for _, r := range resp.GetResources() {
 					a := r.GetResource()

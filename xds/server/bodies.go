@@ -63,16 +63,24 @@ type bodyKey struct {
 
 type bodyEntry struct {
 	once sync.Once
-	body []byte // nil: nothing to send
+	body [][]byte // nil: nothing to send
 	err  error
+}
+
+// chunkKey identifies the encoded resources of a shared type set.
+type chunkKey struct {
+	delta   bool
+	typeURL string
+	ts      *typeSet
 }
 
 // bodies memoizes response bodies and the differences between type sets.
 type bodies struct {
-	mu    sync.Mutex
-	m     map[bodyKey]*bodyEntry
-	bytes int
-	diffs map[[2]*typeSet]*setDiff
+	mu     sync.Mutex
+	m      map[bodyKey]*bodyEntry
+	chunks map[chunkKey]*bodyEntry
+	bytes  int
+	diffs  map[[2]*typeSet]*setDiff
 }
 
 // Bounds of the memo; it is emptied when it passes either (entries streams
@@ -83,16 +91,25 @@ const (
 	maxDiffMemory = 256
 )
 
-func newBodies() *bodies { return &bodies{m: map[bodyKey]*bodyEntry{}} }
+func newBodies() *bodies {
+	return &bodies{m: map[bodyKey]*bodyEntry{}, chunks: map[chunkKey]*bodyEntry{}}
+}
 
 // get returns the body for k, computing it once; initial, when not nil, is
 // what a delta client said it holds on reconnecting (such bodies are not
 // memoized). It returns nil when there is nothing to send.
-func (b *bodies) get(k bodyKey, initial map[string]string) ([]byte, error) {
+func (b *bodies) get(k bodyKey, initial map[string]string) ([][]byte, error) {
+	if k.cur.base != nil && k.cur.base.base == nil && k.sub.wildcard && initial == nil && (k.full || k.held == nil) {
+		return b.layered(k)
+	}
 	if initial != nil || k.cur.base != nil {
 		// A reconnecting client's own state, or a set layered for one
 		// proxy: nobody else would use the body.
-		return b.compute(k, initial)
+		body, err := b.compute(k, initial)
+		if body == nil || err != nil {
+			return nil, err
+		}
+		return [][]byte{body}, nil
 	}
 	b.mu.Lock()
 	e, ok := b.m[k]
@@ -105,12 +122,93 @@ func (b *bodies) get(k bodyKey, initial map[string]string) ([]byte, error) {
 	}
 	b.mu.Unlock()
 	e.once.Do(func() {
-		e.body, e.err = b.compute(k, nil)
+		body, err := b.compute(k, nil)
+		if body != nil {
+			e.body = [][]byte{body}
+		}
+		e.err = err
 		b.mu.Lock()
-		b.bytes += len(e.body)
+		b.bytes += len(body)
 		b.mu.Unlock()
 	})
 	return e.body, e.err
+}
+
+// layered answers with every resource of a set layered for one proxy (its
+// own few resources on a part shared with others): the shared part's
+// resources are encoded once for every proxy on it, and the response is
+// sent as the concatenation of a header (version and type), that encoding,
+// and the encoding of the proxy's own resources. A repeated field may come
+// in several runs, so the concatenation is the response.
+func (b *bodies) layered(k bodyKey) ([][]byte, error) {
+	b.mu.Lock()
+	ck := chunkKey{delta: k.delta, typeURL: k.typeURL, ts: k.cur.base}
+	e, ok := b.chunks[ck]
+	if !ok {
+		if len(b.chunks) >= maxBodies {
+			b.chunks = map[chunkKey]*bodyEntry{}
+		}
+		e = &bodyEntry{}
+		b.chunks[ck] = e
+	}
+	b.mu.Unlock()
+	e.once.Do(func() {
+		var base []byte
+		base, e.err = encode(k.delta, "", "", sortedEntries(k.cur.base), nil)
+		e.body = [][]byte{base}
+	})
+	if e.err != nil {
+		return nil, e.err
+	}
+	head, err := encode(k.delta, k.cur.version, k.typeURL, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	own := make([]*entry, 0, len(k.cur.items))
+	for _, x := range k.cur.items {
+		own = append(own, x)
+	}
+	slices.SortFunc(own, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	tail, err := encode(k.delta, "", "", own, nil)
+	if err != nil {
+		return nil, err
+	}
+	return [][]byte{head, e.body[0], tail}, nil
+}
+
+func sortedEntries(ts *typeSet) []*entry {
+	out := make([]*entry, 0, len(ts.items))
+	ts.each(func(e *entry) { out = append(out, e) })
+	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// encode marshals a response without its nonce (empty fields are left
+// out: encode(…, "", "", entries, nil) is the resources alone).
+func encode(delta bool, version, typeURL string, send []*entry, removed []string) ([]byte, error) {
+	var msg proto.Message
+	if delta {
+		r := &discoverypb.DeltaDiscoveryResponse{SystemVersionInfo: version, TypeUrl: typeURL, RemovedResources: removed,
+			Resources: make([]*discoverypb.Resource, len(send))}
+		for i, e := range send {
+			r.Resources[i] = &discoverypb.Resource{Name: e.name, Version: e.version, Resource: e.any}
+		}
+		msg = r
+	} else {
+		r := &discoverypb.DiscoveryResponse{VersionInfo: version, TypeUrl: typeURL, Resources: make([]*anypb.Any, len(send))}
+		for i, e := range send {
+			r.Resources[i] = e.any
+		}
+		msg = r
+	}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	if body == nil {
+		body = []byte{} // an empty response is still a response
+	}
+	return body, nil
 }
 
 // reset empties the memo (a new input makes its bodies obsolete).
@@ -118,6 +216,7 @@ func (b *bodies) reset() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.m, b.bytes = map[bodyKey]*bodyEntry{}, 0
+	b.chunks = map[chunkKey]*bodyEntry{}
 }
 
 // compute builds the response body of k.
@@ -186,29 +285,7 @@ func (b *bodies) compute(k bodyKey, initial map[string]string) ([]byte, error) {
 	}
 	slices.SortFunc(send, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
 	slices.Sort(removed)
-	var msg proto.Message
-	if k.delta {
-		r := &discoverypb.DeltaDiscoveryResponse{SystemVersionInfo: k.cur.version, TypeUrl: k.typeURL, RemovedResources: removed,
-			Resources: make([]*discoverypb.Resource, len(send))}
-		for i, e := range send {
-			r.Resources[i] = &discoverypb.Resource{Name: e.name, Version: e.version, Resource: e.any}
-		}
-		msg = r
-	} else {
-		r := &discoverypb.DiscoveryResponse{VersionInfo: k.cur.version, TypeUrl: k.typeURL, Resources: make([]*anypb.Any, len(send))}
-		for i, e := range send {
-			r.Resources[i] = e.any
-		}
-		msg = r
-	}
-	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
-	if err != nil {
-		return nil, err
-	}
-	if body == nil {
-		body = []byte{} // an empty response is still a response
-	}
-	return body, nil
+	return encode(k.delta, k.cur.version, k.typeURL, send, removed)
 }
 
 // covered lists the resources of ts a subscription covers (unordered).

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -170,7 +171,7 @@ func runClient(t *testing.T, b *bodies, in *interner, delta bool, typeURL string
 		next := maps.Clone(client)
 		if delta {
 			var resp discoverypb.DeltaDiscoveryResponse
-			if err := proto.Unmarshal(body, &resp); err != nil {
+			if err := proto.Unmarshal(bytes.Join(body, nil), &resp); err != nil {
 				t.Fatal(err)
 			}
 			if resp.GetSystemVersionInfo() != cur.version {
@@ -188,7 +189,7 @@ func runClient(t *testing.T, b *bodies, in *interner, delta bool, typeURL string
 			}
 		} else {
 			var resp discoverypb.DiscoveryResponse
-			if err := proto.Unmarshal(body, &resp); err != nil {
+			if err := proto.Unmarshal(bytes.Join(body, nil), &resp); err != nil {
 				t.Fatal(err)
 			}
 			if full {
@@ -255,8 +256,8 @@ func TestBodiesComputedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i == 0 {
-			first = body
-		} else if &body[0] != &first[0] {
+			first = body[0]
+		} else if &body[0][0] != &first[0] {
 			t.Fatalf("stream %d got its own body: want the one encoded for the first", i)
 		}
 	}
@@ -272,7 +273,7 @@ func TestFrameIsTheResponseWithItsNonce(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := encoding.GetCodecV2("proto")
-	data, err := c.Marshal(&frame{body: body, nonce: "42"})
+	data, err := c.Marshal(&frame{body: [][]byte{body[:3], body[3:]}, nonce: "42"})
 	if err != nil {
 		t.Fatal(err)
 	}

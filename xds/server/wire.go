@@ -25,10 +25,10 @@ import (
 // DeltaDiscoveryResponse.
 const nonceField protowire.Number = 5
 
-// frame is a response as a stream sends it: a shared body and the stream's
-// nonce.
+// frame is a response as a stream sends it: a shared body (in parts, see
+// bodies.layered) and the stream's nonce.
 type frame struct {
-	body  []byte
+	body  [][]byte
 	nonce string
 }
 
@@ -39,7 +39,11 @@ type codec struct{ encoding.CodecV2 }
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if f, ok := v.(*frame); ok {
 		tail := protowire.AppendString(protowire.AppendTag(make([]byte, 0, len(f.nonce)+2), nonceField, protowire.BytesType), f.nonce)
-		return mem.BufferSlice{mem.SliceBuffer(f.body), mem.SliceBuffer(tail)}, nil
+		out := make(mem.BufferSlice, 0, len(f.body)+1)
+		for _, part := range f.body {
+			out = append(out, mem.SliceBuffer(part))
+		}
+		return append(out, mem.SliceBuffer(tail)), nil
 	}
 	return c.CodecV2.Marshal(v)
 }
