@@ -13,7 +13,8 @@ import (
 // depends on what a registry may still report (unknown services, protocols)
 // is a warning, so that no file is rejected, and no rule dropped, because
 // another file changed.
-func assembleAuthz(cfg *Config, frags []*fragment) hcl.Diagnostics {
+// declared holds the services declared in files, by name.
+func assembleAuthz(cfg *Config, frags []*fragment, declared map[ServiceRef]*ServiceDecl) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	az := &Authz{Services: map[ServiceRef][]*Authorization{}, JWT: map[ServiceRef][]*JWTDecl{}}
 	for _, fr := range frags {
@@ -51,10 +52,6 @@ func assembleAuthz(cfg *Config, frags []*fragment) hcl.Diagnostics {
 	}
 	cfg.Authz = az
 
-	declared := map[ServiceRef]*ServiceDecl{}
-	for _, s := range cfg.Services {
-		declared[ServiceRef{Namespace: s.Namespace, Name: s.Name}] = s
-	}
 	external := cfg.Consul != nil || cfg.Nomad != nil || cfg.Kubernetes != nil
 	known := func(ref ServiceRef) bool {
 		_, ok := declared[ref]

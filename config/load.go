@@ -82,10 +82,19 @@ type accepted struct {
 type loader struct {
 	parser *hclparse.Parser
 	good   map[string]accepted
+	// chunks holds, per file, the chunks of its last version decoded chunk
+	// by chunk, by text (chunk.go).
+	chunks map[string]map[string]*decodedChunk
 }
 
 func newLoader() *loader {
-	return &loader{parser: hclparse.NewParser(), good: map[string]accepted{}}
+	return &loader{parser: hclparse.NewParser(), good: map[string]accepted{}, chunks: map[string]map[string]*decodedChunk{}}
+}
+
+// forget drops what the loader keeps of a file that is gone.
+func (l *loader) forget(name string) {
+	delete(l.good, name)
+	delete(l.chunks, name)
 }
 
 func hashOf(b []byte) string {
@@ -94,6 +103,14 @@ func hashOf(b []byte) string {
 }
 
 func (l *loader) decode(f File) (*fragment, hcl.Diagnostics) {
+	if frag, ok := l.decodeChunks(f); ok {
+		return frag, nil
+	}
+	return l.decodeWhole(f)
+}
+
+// decodeWhole decodes a file in one piece.
+func (l *loader) decodeWhole(f File) (*fragment, hcl.Diagnostics) {
 	l.parser = hclparse.NewParser() // the parser caches by name; content may have changed
 	file, diags := parseFile(l.parser, f.Name, f.Content)
 	if diags.HasErrors() {
@@ -126,8 +143,15 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 	var diags hcl.Diagnostics
 	cfg := &Config{Mesh: Mesh{TrustDomain: DefaultTrustDomain}}
 	var meshRange *hcl.Range
-	services := map[string]*ServiceDecl{}
-	var traffic []*fragment
+	n := 0
+	for _, name := range order {
+		n += len(frags[name].services)
+	}
+	services := make(map[ServiceRef]*ServiceDecl, n) // the services declared, by name
+	if n > 0 {
+		cfg.Services = make([]*ServiceDecl, 0, n)
+	}
+	traffic := make([]*fragment, 0, len(order))
 	for _, name := range order {
 		fr := frags[name]
 		if fr.mesh != nil {
@@ -184,7 +208,7 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 		}
 		traffic = append(traffic, fr)
 		for _, s := range fr.services {
-			key := s.Namespace + "/" + s.Name
+			key := ServiceRef{Namespace: s.Namespace, Name: s.Name}
 			if prev, dup := services[key]; dup {
 				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate service",
 					Detail: fmt.Sprintf("Service %s is already declared at %s.", key, prev.DeclRange), Subject: s.DeclRange.Ptr()})
@@ -194,9 +218,9 @@ func assembleOrdered(frags map[string]*fragment, order []string) (*Config, hcl.D
 			cfg.Services = append(cfg.Services, s)
 		}
 	}
-	diags = append(diags, assembleTraffic(cfg, traffic)...)
-	diags = append(diags, assembleAuthz(cfg, traffic)...) // authz_check.go
-	diags = append(diags, assembleRateLimits(cfg, traffic)...)
+	diags = append(diags, assembleTraffic(cfg, traffic, services)...)
+	diags = append(diags, assembleAuthz(cfg, traffic, services)...) // authz_check.go
+	diags = append(diags, assembleRateLimits(cfg, traffic, services)...)
 	for _, d := range diags {
 		if d.Severity == hcl.DiagWarning {
 			cfg.Warnings = append(cfg.Warnings, d)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"reflect"
 	"slices"
 	"unicode/utf8"
@@ -27,8 +28,17 @@ import (
 
 // parseNative parses native HCL syntax.
 func parseNative(src []byte, filename string) (*hcl.File, hcl.Diagnostics) {
-	start := hcl.Pos{Byte: 0, Line: 1, Column: 1}
-	inserts := oneLineSplits(src, filename)
+	return parseNativeAt(src, filename, hcl.InitialPos)
+}
+
+// parseNativeAt parses native HCL syntax that starts at start in its file
+// (at the beginning of a line: start.Column is 1), so that every position in
+// the syntax tree and the diagnostics is the file's.
+func parseNativeAt(src []byte, filename string, start hcl.Pos) (*hcl.File, hcl.Diagnostics) {
+	var inserts []int
+	if mayHoldOneLineBlocks(src) {
+		inserts = oneLineSplits(src, filename)
+	}
 	if len(inserts) == 0 {
 		return hclsyntax.ParseConfig(src, filename, start)
 	}
@@ -40,8 +50,9 @@ func parseNative(src []byte, filename string) (*hcl.File, hcl.Diagnostics) {
 		prev = at
 	}
 	mod = append(mod, src[prev:]...)
-	file, diags := hclsyntax.ParseConfig(mod, filename, start)
+	file, diags := hclsyntax.ParseConfig(mod, filename, hcl.InitialPos)
 	m := newPosMap(src, inserts)
+	m.base = start
 	for _, d := range diags {
 		if d.Subject != nil {
 			r := m.rng(*d.Subject)
@@ -59,6 +70,25 @@ func parseNative(src []byte, filename string) (*hcl.File, hcl.Diagnostics) {
 		file.Bytes = src
 	}
 	return file, diags
+}
+
+// mayHoldOneLineBlocks reports whether src may hold a one-line block with
+// several arguments: only when some '{' is followed by more than blanks on
+// its line (oneLineSplits, which lexes the whole source, finds none
+// otherwise, as every block's opening brace then ends its line).
+func mayHoldOneLineBlocks(src []byte) bool {
+	for i := 0; ; {
+		j := bytes.IndexByte(src[i:], '{')
+		if j < 0 {
+			return false
+		}
+		i += j + 1
+		for ; i < len(src) && (src[i] == ' ' || src[i] == '\t' || src[i] == '\r'); i++ {
+		}
+		if i < len(src) && src[i] != '\n' {
+			return true
+		}
+	}
 }
 
 // oneLineSplits returns the byte offsets at which a newline makes the
@@ -164,6 +194,8 @@ type posMap struct {
 	src        []byte
 	inserts    []int // offsets in src, ascending
 	lineStarts []int
+	// base is where src starts in its file (at the beginning of a line).
+	base hcl.Pos
 }
 
 func newPosMap(src []byte, inserts []int) *posMap {
@@ -185,7 +217,7 @@ func (m *posMap) pos(p hcl.Pos) hcl.Pos {
 	b := min(max(p.Byte-k, 0), len(m.src))
 	line, _ := slices.BinarySearch(m.lineStarts, b+1)
 	start := m.lineStarts[line-1]
-	return hcl.Pos{Byte: b, Line: line, Column: utf8.RuneCount(m.src[start:b]) + 1}
+	return hcl.Pos{Byte: m.base.Byte + b, Line: m.base.Line - 1 + line, Column: utf8.RuneCount(m.src[start:b]) + 1}
 }
 
 func (m *posMap) rng(r hcl.Range) hcl.Range {

@@ -10,7 +10,8 @@ import (
 // order: a duplicate is blamed on the later block) and runs the checks that
 // need the whole configuration. As for authorization, whatever depends on
 // what a registry may still report is a warning.
-func assembleRateLimits(cfg *Config, frags []*fragment) hcl.Diagnostics {
+// declared holds the services declared in files, by name.
+func assembleRateLimits(cfg *Config, frags []*fragment, declared map[ServiceRef]*ServiceDecl) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	rls := &RateLimits{Services: map[ServiceRef]*RateLimit{}}
 	for _, fr := range frags {
@@ -25,10 +26,6 @@ func assembleRateLimits(cfg *Config, frags []*fragment) hcl.Diagnostics {
 	}
 	cfg.RateLimits = rls
 
-	declared := map[ServiceRef]*ServiceDecl{}
-	for _, s := range cfg.Services {
-		declared[ServiceRef{Namespace: s.Namespace, Name: s.Name}] = s
-	}
 	external := cfg.Consul != nil || cfg.Nomad != nil || cfg.Kubernetes != nil
 	protocol := func(ref ServiceRef) string {
 		if cfg.Traffic != nil {

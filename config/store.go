@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,7 +10,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -40,7 +40,8 @@ type Store struct {
 	loader   *loader
 	sets     map[string][]File // latest files per source
 	rejected map[string]Rejection
-	errs     map[string]string // source read errors
+	hashes   map[string]hashedFile // content hash per file, kept between rebuilds
+	errs     map[string]string     // source read errors
 	current  *Config
 	subs     map[int]chan *Config
 	nextSub  int
@@ -54,6 +55,7 @@ func NewStore(log *slog.Logger) *Store {
 		loader:   newLoader(),
 		sets:     map[string][]File{},
 		rejected: map[string]Rejection{},
+		hashes:   map[string]hashedFile{},
 		errs:     map[string]string{},
 		subs:     map[int]chan *Config{},
 		ready:    make(chan struct{}),
@@ -132,7 +134,11 @@ func (s *Store) rebuild() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	all := map[string]File{}
+	n := 0
+	for _, files := range s.sets {
+		n += len(files)
+	}
+	all := make(map[string]File, n)
 	for _, src := range slices.Sorted(maps.Keys(s.sets)) {
 		for _, f := range s.sets[src] {
 			all[f.Name] = f
@@ -141,8 +147,22 @@ func (s *Store) rebuild() {
 	// Forget files that are gone.
 	for name := range s.loader.good {
 		if _, ok := all[name]; !ok {
-			delete(s.loader.good, name)
+			s.loader.forget(name)
 		}
+	}
+	for name := range s.loader.chunks {
+		if _, ok := all[name]; !ok {
+			s.loader.forget(name)
+		}
+	}
+	for name := range s.hashes {
+		if _, ok := all[name]; !ok {
+			delete(s.hashes, name)
+		}
+	}
+	hashes := make(map[string]string, len(all))
+	for name, f := range all {
+		hashes[name] = s.hashOf(f)
 	}
 	for name := range s.rejected {
 		if _, ok := all[name]; !ok {
@@ -150,9 +170,9 @@ func (s *Store) rebuild() {
 		}
 	}
 	// Decode what changed.
-	candidate := map[string]accepted{}
+	candidate := make(map[string]accepted, len(all))
 	for name, f := range all {
-		h := hashOf(f.Content)
+		h := hashes[name]
 		if g, ok := s.loader.good[name]; ok && g.hash == h {
 			candidate[name] = g
 			continue
@@ -185,23 +205,32 @@ func (s *Store) rebuild() {
 		return ok && g.hash == candidate[name].hash
 	}
 	var cfg *Config
+	var names []string // the candidates in name order
 	for range len(candidate) + 1 {
-		frags := map[string]*fragment{}
+		frags := make(map[string]*fragment, len(candidate))
 		for name, a := range candidate {
 			frags[name] = a.frag
 		}
-		order := slices.SortedFunc(maps.Keys(frags), func(a, b string) int {
+		// The set in name order, as every replica builds it. A set valid in
+		// that order is valid in any (conflicts are between files, whatever
+		// their order); only a conflict needs the order that blames it right.
+		names = slices.Sorted(maps.Keys(frags))
+		named, diags := assembleOrdered(frags, names)
+		if !diags.HasErrors() {
+			cfg = named
+			break
+		}
+		order := slices.SortedStableFunc(slices.Values(names), func(a, b string) int {
 			if fa, fb := inForce(a), inForce(b); fa != fb {
 				if fa {
 					return -1
 				}
 				return 1
 			}
-			return strings.Compare(a, b)
+			return 0
 		})
-		_, diags := assembleOrdered(frags, order)
-		if !diags.HasErrors() {
-			cfg, _ = assemble(frags) // the same set in name order, as every replica builds it
+		if _, diags = assembleOrdered(frags, order); !diags.HasErrors() {
+			cfg = named
 			break
 		}
 		blamed := map[string]hcl.Diagnostics{}
@@ -212,7 +241,7 @@ func (s *Store) rebuild() {
 		}
 		for name, ds := range blamed {
 			f := all[name]
-			s.reject(f, hashOf(f.Content), ds, true)
+			s.reject(f, hashes[name], ds, true)
 			if g, ok := s.loader.good[name]; ok && g.hash != candidate[name].hash {
 				candidate[name] = g
 			} else {
@@ -226,12 +255,15 @@ func (s *Store) rebuild() {
 	}
 	for name, a := range candidate {
 		s.loader.good[name] = a
-		if a.hash == hashOf(all[name].Content) {
+		if a.hash == hashes[name] {
 			delete(s.rejected, name) // its newest version is in force
 		}
 	}
 	h, rules := sha256.New(), sha256.New()
-	for _, name := range slices.Sorted(maps.Keys(candidate)) {
+	if len(names) > 0 {
+		cfg.Status.Files = make([]FileStatus, 0, len(names))
+	}
+	for _, name := range names {
 		h.Write([]byte(name))
 		h.Write([]byte{0})
 		h.Write([]byte(candidate[name].hash))
@@ -263,6 +295,24 @@ func (s *Store) rebuild() {
 		}
 		ch <- cfg
 	}
+}
+
+// hashedFile is a file's content and its hash.
+type hashedFile struct {
+	content []byte
+	hash    string
+}
+
+// hashOf returns the hash of a file's content, hashing it only when it is
+// not the content hashed last time (typically the very same slice, which
+// compares equal at once).
+func (s *Store) hashOf(f File) string {
+	if h, ok := s.hashes[f.Name]; ok && bytes.Equal(h.content, f.Content) {
+		return h.hash
+	}
+	h := hashOf(f.Content)
+	s.hashes[f.Name] = hashedFile{content: f.Content, hash: h}
+	return h
 }
 
 func (s *Store) reject(f File, hash string, diags hcl.Diagnostics, crossFile bool) {

@@ -716,3 +716,59 @@ func TestStoreRulesVersion(t *testing.T) {
 		prev = cfg.RulesVersion
 	}
 }
+
+// A large file edited one service at a time (decoded in chunks): every
+// change is served, a bad edit is rejected naming its own line while the
+// last good version serves, and a conflict names the moved declaration's
+// line.
+func TestStoreEditsOneServiceOfALargeFile(t *testing.T) {
+	st, sub := newStore(t)
+	specs := make([]string, 30)
+	for i := range specs {
+		specs[i] = fmt.Sprintf("s%02d:%d", i, 1000+i)
+	}
+	// svcFile renders each service on 7 lines: service k starts on line 7k+1
+	// and its port is on line 7k+5.
+	st.Update(set(file("big.hcl", svcFile(specs...))))
+	if cfg := next(sub); len(cfg.Services) != 30 {
+		t.Fatalf("%d services", len(cfg.Services))
+	}
+
+	specs[20] = "s20:2020"
+	st.Update(set(file("big.hcl", svcFile(specs...))))
+	cfg := next(sub)
+	if got := served(cfg); got[20] != "default/s20:2020" || got[19] != "default/s19:1019" {
+		t.Fatalf("served %v", got)
+	}
+
+	specs[25] = "s25:0"
+	st.Update(set(file("big.hcl", svcFile(specs...))))
+	cfg = next(sub)
+	r := rejected(cfg)["big.hcl"]
+	if len(r.Diagnostics) != 1 || r.Diagnostics[0].Subject.Start.Line != 7*25+5 || !strings.Contains(r.Diagnostics[0].Detail, "port") {
+		t.Fatalf("rejection %q, want the port of s25 on line %d", r.Text(), 7*25+5)
+	}
+	if got := served(cfg); got[25] != "default/s25:1025" || got[20] != "default/s20:2020" {
+		t.Fatalf("served %v, want the last good version", got)
+	}
+
+	// Fixed, with a comment line on top (every declaration moves down a
+	// line), and another file declaring s28 again.
+	specs[25] = "s25:2025"
+	st.Update(set(file("big.hcl", "# the registry\n"+svcFile(specs...)), file("other.hcl", svcFile("s28:3000"))))
+	cfg = next(sub)
+	r = rejected(cfg)["other.hcl"]
+	if len(r.Diagnostics) != 1 || !strings.Contains(r.Diagnostics[0].Detail, fmt.Sprintf("big.hcl:%d,", 7*28+2)) {
+		t.Fatalf("rejection %q, want the duplicate of s28 declared at big.hcl:%d", r.Text(), 7*28+2)
+	}
+	if got := served(cfg); len(got) != 30 || got[25] != "default/s25:2025" || got[28] != "default/s28:1028" {
+		t.Fatalf("served %v", got)
+	}
+	for _, s := range cfg.Services {
+		var n int
+		fmt.Sscanf(s.Name, "s%d", &n)
+		if s.DeclRange.Start.Line != 7*n+2 {
+			t.Errorf("%s declared on line %d, want %d", s.Name, s.DeclRange.Start.Line, 7*n+2)
+		}
+	}
+}

@@ -11,7 +11,8 @@ import (
 // assembleTraffic gathers the traffic blocks of every file and runs the
 // checks that need all of them: duplicates, subsets that do not exist,
 // services nobody declares, features proxyless gRPC cannot honour.
-func assembleTraffic(cfg *Config, frags []*fragment) hcl.Diagnostics {
+// declared holds the services declared in files, by name.
+func assembleTraffic(cfg *Config, frags []*fragment, declared map[ServiceRef]*ServiceDecl) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	t := &Traffic{Defaults: map[ServiceRef]*ServiceDefaults{}, Subsets: map[ServiceRef][]*Subset{}, Routes: map[ServiceRef]*Route{}}
 	for _, fr := range frags {
@@ -55,10 +56,6 @@ func assembleTraffic(cfg *Config, frags []*fragment) hcl.Diagnostics {
 	cfg.Traffic = t
 
 	// Services declared in files; with an external registry any name may exist.
-	declared := map[ServiceRef]*ServiceDecl{}
-	for _, s := range cfg.Services {
-		declared[ServiceRef{Namespace: s.Namespace, Name: s.Name}] = s
-	}
 	external := cfg.Consul != nil || cfg.Nomad != nil || cfg.Kubernetes != nil
 	checkService := func(ref ServiceRef, rng hcl.Range) {
 		if _, ok := declared[ref]; !ok && !external {

@@ -38,6 +38,7 @@ type Catalog struct {
 	latest  *Snapshot
 	status  map[string]*SourceStatus
 	states  map[string][]*Service // last good state per source
+	merged  map[ServiceKey]mergedService
 	subs    map[int]chan *Snapshot
 	nextSub int
 	ready   chan struct{}
@@ -168,8 +169,7 @@ func (c *Catalog) apply(st State) {
 func (c *Catalog) publish() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	merged := merge(c.log, c.states)
-	snap := NewSnapshot(c.latest, merged)
+	snap := NewSnapshot(c.latest, c.mergeCached())
 	first := c.latest == nil
 	if !first && snap.Version == c.latest.Version && len(snap.Changed) == 0 {
 		return
@@ -208,9 +208,56 @@ const LabelMerge = "bowline.io/merge"
 // report for one service is kept once, from the first source by name. A
 // service labelled LabelMerge=false does not merge.
 func merge(log *slog.Logger, states map[string][]*Service) []*Service {
-	out := map[ServiceKey]*Service{}
+	byKey := contributions(log, states)
+	list := make([]*Service, 0, len(byKey))
+	for key, in := range byKey {
+		list = append(list, mergeService(log, key, in))
+	}
+	return list
+}
+
+// mergeInput is one source's service, to be merged with its namesakes.
+type mergeInput struct {
+	src string
+	svc *Service
+}
+
+// mergedService is what merging a list of inputs gave.
+type mergedService struct {
+	inputs []mergeInput
+	svc    *Service
+}
+
+// mergeCached is merge, reusing the services merged last time from the very
+// same inputs: a change to one service of one source merges that service
+// alone. Sources do not modify the services they sent, and snapshots do not
+// modify theirs, so the same inputs merge to the same service; and a service
+// reused is the one in the latest snapshot, or one no snapshot published.
+func (c *Catalog) mergeCached() []*Service {
+	byKey := contributions(c.log, c.states)
+	next := make(map[ServiceKey]mergedService, len(byKey))
+	list := make([]*Service, 0, len(byKey))
+	for key, in := range byKey {
+		m, ok := c.merged[key]
+		if !ok || !slices.Equal(m.inputs, in) {
+			m = mergedService{inputs: in, svc: mergeService(c.log, key, in)}
+		}
+		next[key] = m
+		list = append(list, m.svc)
+	}
+	c.merged = next
+	return list
+}
+
+// contributions lists, for every service, the services of each source (by
+// source name) that merge into it, leaving out the namesakes of a service
+// opted out of merging.
+func contributions(log *slog.Logger, states map[string][]*Service) map[ServiceKey][]mergeInput {
+	sources := slices.Sorted(maps.Keys(states))
 	owner := map[ServiceKey]string{} // services opted out of merging -> their source
-	for _, src := range slices.Sorted(maps.Keys(states)) {
+	n := 0
+	for _, src := range sources {
+		n += len(states[src])
 		for _, svc := range states[src] {
 			key := ServiceKey{Namespace: cmp.Or(svc.Namespace, DefaultNamespace), Name: svc.Name}
 			if _, ok := owner[key]; !ok && svc.Labels[LabelMerge] == "false" {
@@ -218,8 +265,8 @@ func merge(log *slog.Logger, states map[string][]*Service) []*Service {
 			}
 		}
 	}
-	seen := map[ServiceKey]map[string]string{} // address:port -> source that reported it
-	for _, src := range slices.Sorted(maps.Keys(states)) {
+	out := make(map[ServiceKey][]mergeInput, n)
+	for _, src := range sources {
 		for _, svc := range states[src] {
 			key := svc.ServiceKey
 			if key.Namespace == "" {
@@ -229,59 +276,67 @@ func merge(log *slog.Logger, states map[string][]*Service) []*Service {
 				log.Info("service opted out of merging; leaving out its namesake from another source", "service", key, "kept", o, "left_out", src)
 				continue
 			}
-			cur, ok := out[key]
-			if !ok {
-				cur = &Service{ServiceKey: key, Protocol: svc.Protocol, Endpoints: []Endpoint{}}
-				out[key] = cur
-				seen[key] = map[string]string{}
-			}
-			if cur.Protocol == "" {
-				cur.Protocol = svc.Protocol
-			} else if svc.Protocol != "" && svc.Protocol != cur.Protocol {
-				log.Warn("sources disagree on a service's protocol; keeping the first", "service", key, "source", src, "protocol", svc.Protocol, "kept", cur.Protocol)
-			}
-			for k, v := range svc.Labels {
-				if cur.Labels == nil {
-					cur.Labels = map[string]string{}
-				}
-				if _, set := cur.Labels[k]; !set {
-					cur.Labels[k] = v
-				}
-			}
-			cur.Upstreams = append(cur.Upstreams, svc.Upstreams...)
-			cur.Sources = append(cur.Sources, src)
-			for _, e := range svc.Endpoints {
-				e.Labels = maps.Clone(e.Labels)
-				if e.Source == "" {
-					e.Source = src
-				}
-				// An address:port (or, for an endpoint behind a sidecar, the
-				// sidecar's address:port, where mesh traffic goes) taken by an
-				// earlier source is the same instance reported twice: keep one,
-				// as gRPC-Go rejects EDS with duplicate addresses.
-				addrs := []string{net.JoinHostPort(e.Address, strconv.FormatUint(uint64(e.Port), 10))}
-				if e.SidecarPort != 0 {
-					addrs = append(addrs, net.JoinHostPort(e.Address, strconv.FormatUint(uint64(e.SidecarPort), 10)))
-				}
-				if i := slices.IndexFunc(addrs, func(a string) bool { first, ok := seen[key][a]; return ok && first != src }); i >= 0 {
-					log.Debug("two sources report one endpoint; keeping the first", "service", key, "endpoint", addrs[i], "kept", seen[key][addrs[i]], "left_out", src)
-					continue
-				}
-				for _, a := range addrs {
-					seen[key][a] = src
-				}
-				cur.Endpoints = append(cur.Endpoints, e)
-			}
+			out[key] = append(out[key], mergeInput{src: src, svc: svc})
 		}
 	}
-	list := make([]*Service, 0, len(out))
-	for _, svc := range out {
-		if svc.Protocol == "" {
-			svc.Protocol = ProtocolTCP
+	return out
+}
+
+// mergeService merges the services of several sources (in source order)
+// into one service named key.
+func mergeService(log *slog.Logger, key ServiceKey, inputs []mergeInput) *Service {
+	cur := &Service{ServiceKey: key, Endpoints: []Endpoint{}}
+	seen := map[string]string{} // address:port -> source that reported it
+	for i, in := range inputs {
+		src, svc := in.src, in.svc
+		if i == 0 {
+			cur.Protocol = svc.Protocol
 		}
-		list = append(list, svc)
+		if cur.Protocol == "" {
+			cur.Protocol = svc.Protocol
+		} else if svc.Protocol != "" && svc.Protocol != cur.Protocol {
+			log.Warn("sources disagree on a service's protocol; keeping the first", "service", key, "source", src, "protocol", svc.Protocol, "kept", cur.Protocol)
+		}
+		for k, v := range svc.Labels {
+			if cur.Labels == nil {
+				cur.Labels = map[string]string{}
+			}
+			if _, set := cur.Labels[k]; !set {
+				cur.Labels[k] = v
+			}
+		}
+		cur.Upstreams = append(cur.Upstreams, svc.Upstreams...)
+		cur.Sources = append(cur.Sources, src)
+		if len(inputs) == 1 {
+			cur.Endpoints = make([]Endpoint, 0, len(svc.Endpoints))
+		}
+		for _, e := range svc.Endpoints {
+			e.Labels = maps.Clone(e.Labels)
+			if e.Source == "" {
+				e.Source = src
+			}
+			// An address:port (or, for an endpoint behind a sidecar, the
+			// sidecar's address:port, where mesh traffic goes) taken by an
+			// earlier source is the same instance reported twice: keep one,
+			// as gRPC-Go rejects EDS with duplicate addresses.
+			addrs := []string{net.JoinHostPort(e.Address, strconv.FormatUint(uint64(e.Port), 10))}
+			if e.SidecarPort != 0 {
+				addrs = append(addrs, net.JoinHostPort(e.Address, strconv.FormatUint(uint64(e.SidecarPort), 10)))
+			}
+			if i := slices.IndexFunc(addrs, func(a string) bool { first, ok := seen[a]; return ok && first != src }); i >= 0 {
+				log.Debug("two sources report one endpoint; keeping the first", "service", key, "endpoint", addrs[i], "kept", seen[addrs[i]], "left_out", src)
+				continue
+			}
+			for _, a := range addrs {
+				seen[a] = src
+			}
+			cur.Endpoints = append(cur.Endpoints, e)
+		}
 	}
-	return list
+	if cur.Protocol == "" {
+		cur.Protocol = ProtocolTCP
+	}
+	return cur
 }
 
 // Snapshot returns the latest snapshot, or nil before the first one.

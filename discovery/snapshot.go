@@ -75,28 +75,37 @@ func (s *Snapshot) ServiceHash(k ServiceKey) [32]byte {
 }
 
 // NewSnapshot builds a snapshot from services (which it normalizes and then
-// owns). Changed is computed against prev (nil prev: everything changed).
+// owns; a service of prev may be passed again, under its key, and is taken
+// as it is). Changed is computed against prev (nil prev: everything changed).
 func NewSnapshot(prev *Snapshot, services []*Service) *Snapshot {
 	s := &Snapshot{byKey: make(map[ServiceKey]*Service, len(services)), hashes: make(map[ServiceKey][32]byte, len(services))}
 	for _, svc := range services {
-		svc.Normalize()
+		if p, ok := prev.Service(svc.ServiceKey); !ok || p != svc {
+			svc.Normalize()
+		}
 		s.byKey[svc.ServiceKey] = svc
 	}
-	s.services = make([]*Service, 0, len(s.byKey))
-	for _, svc := range s.byKey {
-		s.services = append(s.services, svc)
-	}
-	slices.SortFunc(s.services, func(a, b *Service) int { return a.ServiceKey.Compare(b.ServiceKey) })
+	s.services = s.sorted(prev)
 
 	h := sha256.New()
+	if prev != nil {
+		s.Changed = make(map[ServiceKey]struct{})
+	}
 	for _, svc := range s.services {
-		var sum [32]byte
-		if p, ok := prev.Service(svc.ServiceKey); ok && p.Equal(svc) {
-			sum = prev.hashes[svc.ServiceKey]
+		var sum, prevSum [32]byte
+		p, ok := prev.Service(svc.ServiceKey)
+		if ok {
+			prevSum = prev.hashes[svc.ServiceKey]
+		}
+		if ok && (p == svc || p.Equal(svc)) {
+			sum = prevSum
 		} else {
 			sum = hashService(svc)
 		}
 		s.hashes[svc.ServiceKey] = sum
+		if prev != nil && (!ok || sum != prevSum) {
+			s.Changed[svc.ServiceKey] = struct{}{}
+		}
 		h.Write(sum[:])
 	}
 	var n [8]byte
@@ -105,12 +114,6 @@ func NewSnapshot(prev *Snapshot, services []*Service) *Snapshot {
 	s.Version = hex.EncodeToString(h.Sum(nil)[:8])
 
 	if prev != nil {
-		s.Changed = make(map[ServiceKey]struct{})
-		for k, sum := range s.hashes {
-			if prev.hashes[k] != sum {
-				s.Changed[k] = struct{}{}
-			}
-		}
 		for k := range prev.byKey {
 			if _, ok := s.byKey[k]; !ok {
 				s.Changed[k] = struct{}{}
@@ -118,6 +121,30 @@ func NewSnapshot(prev *Snapshot, services []*Service) *Snapshot {
 		}
 	}
 	return s
+}
+
+// sorted lists the snapshot's services by key: in prev's order when they
+// have prev's keys, as they usually do.
+func (s *Snapshot) sorted(prev *Snapshot) []*Service {
+	out := make([]*Service, 0, len(s.byKey))
+	if prev != nil && len(prev.services) == len(s.byKey) {
+		for _, p := range prev.services {
+			svc, ok := s.byKey[p.ServiceKey]
+			if !ok {
+				break
+			}
+			out = append(out, svc)
+		}
+		if len(out) == len(s.byKey) {
+			return out
+		}
+		out = out[:0]
+	}
+	for _, svc := range s.byKey {
+		out = append(out, svc)
+	}
+	slices.SortFunc(out, func(a, b *Service) int { return a.ServiceKey.Compare(b.ServiceKey) })
+	return out
 }
 
 func hashService(svc *Service) [32]byte {

@@ -16,7 +16,10 @@ type State struct {
 	// Source is the name of the source (filled in by the catalog when empty).
 	Source string
 	// Services is the complete set of services the source knows. Ignored when
-	// Err is set.
+	// Err is set. The catalog keeps them and never modifies them: a source
+	// must not modify them once sent either, and may send the same ones again
+	// in a later state (the catalog merges again only the services that are
+	// not the very ones it merged last time).
 	Services []*Service
 	// Err reports that the source cannot currently reach its registry.
 	Err error

@@ -34,6 +34,7 @@ func (s *Source) Run(ctx context.Context, updates chan<- discovery.State) error 
 	ch, cancel := s.feed.Subscribe()
 	defer cancel()
 	lastVersion := ""
+	var conv converter
 	for {
 		select {
 		case <-ctx.Done():
@@ -44,7 +45,7 @@ func (s *Source) Run(ctx context.Context, updates chan<- discovery.State) error 
 			}
 			lastVersion = cfg.Version
 			select {
-			case updates <- discovery.State{Services: Convert(cfg)}:
+			case updates <- discovery.State{Services: conv.convert(cfg)}:
 			case <-ctx.Done():
 				return nil
 			}

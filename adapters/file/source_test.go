@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/hcl/v2"
 
 	"github.com/bowlinemesh/bowline/adapters/file"
 	"github.com/bowlinemesh/bowline/config"
@@ -175,5 +178,59 @@ func TestSourceFollowsStore(t *testing.T) {
 	}
 	if len(s.Services) == 1 && s.Services[0].Endpoints[0].Identity != "spiffe://bowline.local/ns/default/svc/web" {
 		t.Errorf("identity = %q, want the default trust domain", s.Services[0].Endpoints[0].Identity)
+	}
+}
+
+// A service whose declaration did not change is sent again as the very same
+// value, so that the catalog merges, normalizes and hashes it no more; one
+// whose declaration changed, or whose identity did, is converted anew.
+func TestSourceResendsUnchangedServices(t *testing.T) {
+	f := &feed{ch: make(chan *config.Config)}
+	updates, _, _ := runSource(t, file.New(f))
+	decl := func(name string, port uint32, line int) *config.ServiceDecl {
+		return &config.ServiceDecl{Name: name, Namespace: "default", Protocol: "http", Labels: map[string]string{"team": "a"},
+			Endpoints: []*config.EndpointDecl{{Address: "10.0.0.1", Port: port, Labels: map[string]string{"v": "1"},
+				DeclRange: hcl.Range{Filename: "s.hcl", Start: hcl.Pos{Line: line}}}},
+			Upstreams: []*config.UpstreamDecl{{Name: "b", LocalPort: 9000}},
+			DeclRange: hcl.Range{Filename: "s.hcl", Start: hcl.Pos{Line: line}}}
+	}
+	cfg := func(version, td string, decls ...*config.ServiceDecl) *config.Config {
+		return &config.Config{Version: version, Mesh: config.Mesh{TrustDomain: td}, Services: decls}
+	}
+	a, b := decl("a", 80, 1), decl("b", 80, 10)
+	f.publish(t, cfg("v1", "td", a, b))
+	first := recvState(t, updates).Services
+
+	// a: the same declaration; b: declared the same, elsewhere; c: new.
+	f.publish(t, cfg("v2", "td", a, decl("b", 80, 20), decl("c", 80, 30)))
+	second := recvState(t, updates).Services
+	if second[0] != first[0] || second[1] != first[1] {
+		t.Error("unchanged services were converted again")
+	}
+
+	// b changes.
+	f.publish(t, cfg("v3", "td", a, decl("b", 81, 20), decl("c", 80, 30)))
+	third := recvState(t, updates).Services
+	if third[0] != first[0] || third[1] == second[1] || third[2] != second[2] {
+		t.Error("only b should have been converted again")
+	}
+	if third[1].Endpoints[0].Port != 81 {
+		t.Errorf("b's port = %d, want 81", third[1].Endpoints[0].Port)
+	}
+
+	// Another trust domain changes every identity.
+	f.publish(t, cfg("v4", "other", a, decl("b", 81, 20), decl("c", 80, 30)))
+	fourth := recvState(t, updates).Services
+	for i, s := range fourth {
+		if s == third[i] || s.Endpoints[0].Identity != "spiffe://other/ns/default/svc/"+s.Name {
+			t.Errorf("%s: identity %q after the trust domain changed", s.Name, s.Endpoints[0].Identity)
+		}
+	}
+	// Whatever was reused converts as Convert does.
+	want := file.Convert(cfg("v4", "other", a, decl("b", 81, 20), decl("c", 80, 30)))
+	for i := range want {
+		if !want[i].Equal(fourth[i]) || !reflect.DeepEqual(want[i].Labels, fourth[i].Labels) {
+			t.Errorf("service %d = %+v, want %+v", i, fourth[i], want[i])
+		}
 	}
 }
