@@ -446,10 +446,14 @@ func (st *adsStream) respond(ts *typeState, cur *typeSet) error {
 	if ts.inflight != nil {
 		return nil
 	}
-	if n := ts.nacked; n != nil && n.cur == cur && n.sub == ts.sub {
+	// Sets are compared by version (derived from their content): a proxy
+	// rebuilt for a change of another type gets new sets with the same
+	// versions for this one.
+	if n := ts.nacked; n != nil && n.cur.version == cur.version && n.sub == ts.sub {
 		return nil // rejected as it stands: wait for a change
 	}
-	if ts.answered && ts.held == cur && ts.heldSub == ts.sub {
+	if ts.answered && ts.held != nil && ts.held.version == cur.version && ts.heldSub == ts.sub {
+		ts.held = cur
 		return nil
 	}
 	k := bodyKey{delta: st.delta, typeURL: ts.url, cur: cur, sub: ts.sub}
