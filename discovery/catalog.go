@@ -48,8 +48,9 @@ type Catalog struct {
 
 // Options tune a Catalog.
 type Options struct {
-	// Debounce is how long the catalog waits for more updates after one
-	// arrives before building a snapshot (default 10ms).
+	// Debounce is the least time between two snapshots (default 10ms): an
+	// update after a quiet period is published at once, and the updates
+	// that follow within Debounce are gathered into the next snapshot.
 	Debounce time.Duration
 }
 
@@ -114,8 +115,11 @@ func (c *Catalog) loop(ctx context.Context, nsources int) error {
 	if nsources == 0 {
 		c.publish()
 	}
-	var timer *time.Timer
-	var fire <-chan time.Time
+	var (
+		timer     *time.Timer
+		fire      <-chan time.Time
+		published time.Time
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -127,12 +131,15 @@ func (c *Catalog) loop(ctx context.Context, nsources int) error {
 				continue
 			}
 			if timer == nil {
-				timer = time.NewTimer(c.debounce)
+				// At once after a quiet period, else when the period since
+				// the last snapshot ends (updates queued meanwhile join).
+				timer = time.NewTimer(max(0, c.debounce-time.Since(published)))
 				fire = timer.C
 			}
 		case <-fire:
 			timer, fire = nil, nil
 			c.publish()
+			published = time.Now()
 		}
 	}
 }

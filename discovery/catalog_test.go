@@ -499,3 +499,25 @@ func TestCatalogSourceErrorStopsRun(t *testing.T) {
 		t.Fatal("Run did not return after a source failed")
 	}
 }
+
+// TestCatalogPublishesALoneUpdateAtOnce checks that the debounce delays only
+// updates that follow a snapshot closely: with a debounce of an hour, the
+// first update is published at once, and one right after it waits.
+func TestCatalogPublishesALoneUpdateAtOnce(t *testing.T) {
+	src := newFakeSource("file")
+	c := discovery.NewCatalog(quietLogger(), discovery.Options{Debounce: time.Hour})
+	go func() { _ = c.Run(t.Context(), src) }()
+	snaps, cancel := c.Subscribe()
+	defer cancel()
+	src.sendServices(t, svc("default", "web", "10.0.0.1"))
+	if s := recv(t, snaps); len(s.Services()) != 1 {
+		t.Fatalf("first snapshot has %d services", len(s.Services()))
+	}
+	// Within the hour: held back.
+	src.sendServices(t, svc("default", "web", "10.0.0.2"))
+	select {
+	case s := <-snaps:
+		t.Fatalf("an update right after a snapshot was published at once (version %s), want it held for the debounce", s.Version)
+	case <-time.After(50 * time.Millisecond):
+	}
+}

@@ -207,3 +207,26 @@ func TestBurstOfChangesIsDebounced(t *testing.T) {
 func testutilPushes(s *Server) float64 {
 	return testutil.ToFloat64(s.metrics.pushes.WithLabelValues("endpoints"))
 }
+
+// TestChangeAfterQuietIsAppliedAtOnce checks that the debounce delays only
+// changes that follow a rebuild closely: with a debounce of an hour, the
+// first input to arrive (the catalog or the configuration) is taken at once.
+func TestChangeAfterQuietIsAppliedAtOnce(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	feed := make(snapFeed, 1)
+	store := config.NewStore(log)
+	store.Update(config.FileSet{Source: "test"})
+	srv := New(log, Options{Debounce: time.Hour})
+	feed <- discovery.NewSnapshot(nil, []*discovery.Service{grpcService("greeter", 5000)})
+	go func() { _ = srv.Run(t.Context(), feed, store) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if in := srv.Input(); in.Catalog != nil || in.Config != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first input waited for the debounce")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -40,8 +40,9 @@ type ConfigFeed interface {
 
 // Options tune a Server.
 type Options struct {
-	// Debounce is how long the server gathers changes before rebuilding
-	// (default 10ms).
+	// Debounce is the least time between two rebuilds (default 10ms): a
+	// change after a quiet period is applied at once, and the changes that
+	// follow within Debounce are gathered into the next rebuild.
 	Debounce time.Duration
 	// Registerer receives the server's metrics (nil: not registered).
 	Registerer prometheus.Registerer
@@ -148,11 +149,12 @@ func (s *Server) Run(ctx context.Context, catalog CatalogFeed, cfg ConfigFeed) e
 		since        time.Time
 		timer        *time.Timer
 		fire         <-chan time.Time
+		applied      time.Time
 	)
 	arm := func() {
 		if timer == nil {
 			since = time.Now()
-			timer = time.NewTimer(s.opts.Debounce)
+			timer = time.NewTimer(max(0, s.opts.Debounce-since.Sub(applied)))
 			fire = timer.C
 		}
 	}
@@ -185,6 +187,7 @@ func (s *Server) Run(ctx context.Context, catalog CatalogFeed, cfg ConfigFeed) e
 		case <-fire:
 			timer, fire = nil, nil
 			s.apply(pendingSnap, pendingCfg, changed, all, since)
+			applied = time.Now()
 			pendingSnap, pendingCfg, all = nil, nil, false
 			changed = map[discovery.ServiceKey]struct{}{}
 		}
