@@ -99,8 +99,10 @@ type typeState struct {
 	// accepts a response.
 	initial   map[string]string
 	lastNonce string
-	inflight  *sent // awaiting its ACK
-	nacked    *sent // the last response rejected
+	// namesKey identifies the names of the last state-of-the-world request.
+	namesKey namesKey
+	inflight *sent // awaiting its ACK
+	nacked   *sent // the last response rejected
 }
 
 type sent struct {
@@ -123,7 +125,7 @@ func (ts *typeState) setSub(in *interner, sub subscription) {
 
 // request is a state-of-the-world or delta request, as received.
 type request struct {
-	sotw  *discoverypb.DiscoveryRequest
+	sotw  *sotwRequest
 	delta *discoverypb.DeltaDiscoveryRequest
 }
 
@@ -165,7 +167,7 @@ func (s *Server) serve(gs grpc.ServerStream, delta bool) error {
 				r.delta = new(discoverypb.DeltaDiscoveryRequest)
 				err = gs.RecvMsg(r.delta)
 			} else {
-				r.sotw = new(discoverypb.DiscoveryRequest)
+				r.sotw = new(sotwRequest) // read by codec (wire.go)
 				err = gs.RecvMsg(r.sotw)
 			}
 			if err != nil {
@@ -308,33 +310,34 @@ func (st *adsStream) ack(ts *typeState, nonce string, errDetail *status.Status) 
 	ts.inflight = nil
 }
 
-func (st *adsStream) handleSotW(req *discoverypb.DiscoveryRequest) error {
-	ts, first := st.state(req.GetTypeUrl())
+func (st *adsStream) handleSotW(req *sotwRequest) error {
+	ts, first := st.state(req.typeURL)
 	if ts == nil {
 		return nil // a type this server does not serve: never answered
 	}
-	if n := req.GetResponseNonce(); n != "" && ts.lastNonce != "" && n != ts.lastNonce {
+	if n := req.nonce; n != "" && ts.lastNonce != "" && n != ts.lastNonce {
 		return nil // stale: the client has not seen the latest response yet
 	}
 	var detail *status.Status
-	if req.GetErrorDetail() != nil {
-		detail = status.FromProto(req.GetErrorDetail())
+	if req.errorDetail != nil {
+		detail = status.FromProto(req.errorDetail)
 	}
-	st.ack(ts, req.GetResponseNonce(), detail)
+	st.ack(ts, req.nonce, detail)
 
-	names := req.GetResourceNames()
-	star := slices.Contains(names, "*")
-	wildcard := star || len(names) == 0 && legacyWildcard(ts.url) && (first || ts.sub.wildcard)
-	in := st.s.names
-	if star || wildcard != ts.sub.wildcard || !in.matchesSub(ts.sub.names, names) {
-		set := make(map[string]struct{}, len(names))
-		for _, n := range names {
-			if n != "*" {
-				set[n] = struct{}{}
-			}
-		}
-		ts.setSub(in, subscription{wildcard: wildcard, names: in.intern(set)})
+	star := req.star()
+	wildcard := star || len(req.names) == 0 && legacyWildcard(ts.url) && (first || ts.sub.wildcard)
+	if !star && wildcard == ts.sub.wildcard && req.key == ts.namesKey {
+		return nil // the names of the last request
 	}
+	names := req.nameStrings()
+	set := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		if n != "*" {
+			set[n] = struct{}{}
+		}
+	}
+	ts.setSub(st.s.names, subscription{wildcard: wildcard, names: st.s.names.intern(set)})
+	ts.namesKey = req.key
 	if ts.url == resourcev3.ListenerType && st.p.spec.Kind == translate.KindGRPC && len(names) > 0 {
 		// A state-of-the-world request names everything the stream wants.
 		asked := make(map[string]struct{}, len(names))

@@ -1,15 +1,22 @@
 package server
 
 import (
+	"encoding/binary"
+	"fmt"
 	"hash/maphash"
 	"runtime"
+	"slices"
 	"sync"
 	"weak"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 
 	"google.golang.org/grpc/encoding"
 	protocodec "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // Responses encoded once for every stream. A change to every service sends
@@ -35,6 +42,13 @@ type frame struct {
 // codec is gRPC's proto codec, which also sends frames as they are: the
 // shared body is handed to the transport without a copy.
 type codec struct{ encoding.CodecV2 }
+
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if r, ok := v.(*sotwRequest); ok {
+		return r.decode(data.Materialize())
+	}
+	return c.CodecV2.Unmarshal(data, v)
+}
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if f, ok := v.(*frame); ok {
@@ -95,24 +109,6 @@ func newInterner() *interner {
 
 func (in *interner) hash(name string) uint64 { return maphash.String(in.seed, name) }
 
-// matches reports whether the names are exactly set's (names may repeat).
-func (in *interner) matchesSub(set *nameSet, names []string) bool {
-	if set == nil {
-		return len(names) == 0
-	}
-	if set.len() != len(names) {
-		return false // a repeated name makes this a false "different": harmless
-	}
-	var sum uint64
-	for _, n := range names {
-		if !set.has(n) {
-			return false
-		}
-		sum += in.hash(n)
-	}
-	return sum == set.sum
-}
-
 // intern returns the set of these names (nil when there are none). It takes
 // ownership of names.
 func (in *interner) intern(names map[string]struct{}) *nameSet {
@@ -164,4 +160,93 @@ func sameNames(a, b map[string]struct{}) bool {
 		}
 	}
 	return true
+}
+
+// sotwRequest is a state-of-the-world request, read from its bytes. Envoy
+// names every resource of a type it wants in each request, so a thousand
+// sidecars ACKing a change to their endpoints send a thousand lists of a
+// thousand names, nearly always the list they sent before. The names are
+// kept as slices of the message and summed (namesKey); a stream turns them
+// into strings only when the sum differs from its last request's.
+type sotwRequest struct {
+	buf         []byte
+	node        *core.Node
+	typeURL     string
+	nonce       string
+	errorDetail *rpcstatus.Status
+	names       [][]byte
+	key         namesKey
+}
+
+// namesKey identifies a list of names: their number and a hash of the list.
+type namesKey struct {
+	n   int
+	sum uint64
+	set bool
+}
+
+var namesSeed = maphash.MakeSeed()
+
+func (r *sotwRequest) GetNode() *core.Node { return r.node }
+
+// star reports whether the request names "*".
+func (r *sotwRequest) star() bool {
+	return slices.ContainsFunc(r.names, func(b []byte) bool { return string(b) == "*" })
+}
+
+// nameStrings returns the names as strings.
+func (r *sotwRequest) nameStrings() []string {
+	out := make([]string, len(r.names))
+	for i, b := range r.names {
+		out[i] = string(b)
+	}
+	return out
+}
+
+func (r *sotwRequest) decode(b []byte) error {
+	r.buf = b
+	var h maphash.Hash
+	h.SetSeed(namesSeed)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ != protowire.BytesType {
+			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch num {
+		case 2: // node
+			r.node = &core.Node{}
+			if err := proto.Unmarshal(v, r.node); err != nil {
+				return fmt.Errorf("node: %w", err)
+			}
+		case 3: // resource_names
+			r.names = append(r.names, v)
+			var l [binary.MaxVarintLen64]byte
+			h.Write(l[:binary.PutUvarint(l[:], uint64(len(v)))])
+			h.Write(v)
+		case 4:
+			r.typeURL = string(v)
+		case 5:
+			r.nonce = string(v)
+		case 6: // error_detail
+			r.errorDetail = &rpcstatus.Status{}
+			if err := proto.Unmarshal(v, r.errorDetail); err != nil {
+				return fmt.Errorf("error_detail: %w", err)
+			}
+		}
+	}
+	r.key = namesKey{n: len(r.names), sum: h.Sum64(), set: true}
+	return nil
 }
