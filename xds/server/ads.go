@@ -191,7 +191,11 @@ func (s *Server) serve(gs grpc.ServerStream, delta bool) error {
 			}
 			return err
 		case r := <-reqs:
-			if err := st.handle(r); err != nil {
+			err := st.handle(r)
+			if r.sotw != nil {
+				r.sotw.release() // nothing keeps its names (handleSotW copies them)
+			}
+			if err != nil {
 				return err
 			}
 		case <-st.wake:
@@ -325,7 +329,7 @@ func (st *adsStream) handleSotW(req *sotwRequest) error {
 	st.ack(ts, req.nonce, detail)
 
 	star := req.star()
-	wildcard := star || len(req.names) == 0 && legacyWildcard(ts.url) && (first || ts.sub.wildcard)
+	wildcard := star || req.key.n == 0 && legacyWildcard(ts.url) && (first || ts.sub.wildcard)
 	if !star && wildcard == ts.sub.wildcard && req.key == ts.namesKey {
 		return nil // the names of the last request
 	}

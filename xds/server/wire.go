@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"runtime"
-	"slices"
 	"sync"
 	"weak"
 
@@ -45,7 +44,16 @@ type codec struct{ encoding.CodecV2 }
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if r, ok := v.(*sotwRequest); ok {
-		return r.decode(data.Materialize())
+		n := data.Len()
+		bp, _ := requestBufs.Get().(*[]byte)
+		if bp == nil || cap(*bp) < n {
+			b := make([]byte, n, n+n/2)
+			bp = &b
+		}
+		*bp = (*bp)[:n]
+		data.CopyTo(*bp)
+		r.bufp = bp
+		return r.decode(*bp)
 	}
 	return c.CodecV2.Unmarshal(data, v)
 }
@@ -169,13 +177,13 @@ func sameNames(a, b map[string]struct{}) bool {
 // kept as slices of the message and summed (namesKey); a stream turns them
 // into strings only when the sum differs from its last request's.
 type sotwRequest struct {
-	buf         []byte
+	bufp        *[]byte // from requestBufs, until release
 	node        *core.Node
 	typeURL     string
 	nonce       string
 	errorDetail *rpcstatus.Status
-	names       [][]byte
 	key         namesKey
+	hasStar     bool
 }
 
 // namesKey identifies a list of names: their number and a hash of the list.
@@ -190,23 +198,41 @@ var namesSeed = maphash.MakeSeed()
 func (r *sotwRequest) GetNode() *core.Node { return r.node }
 
 // star reports whether the request names "*".
-func (r *sotwRequest) star() bool {
-	return slices.ContainsFunc(r.names, func(b []byte) bool { return string(b) == "*" })
-}
+func (r *sotwRequest) star() bool { return r.hasStar }
 
-// nameStrings returns the names as strings.
+// nameStrings returns the names, read again from the request's bytes.
 func (r *sotwRequest) nameStrings() []string {
-	out := make([]string, len(r.names))
-	for i, b := range r.names {
-		out[i] = string(b)
+	out := make([]string, 0, r.key.n)
+	b := *r.bufp
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if num == 3 && typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(b)
+			out = append(out, string(v))
+		}
+		b = b[n:]
 	}
 	return out
 }
 
+// requestBufs holds the buffers requests are read into: a thousand ACKs of
+// 30 KB each would otherwise take fresh memory on every change.
+var requestBufs sync.Pool
+
+// release returns the request's buffer; the request's names are then gone.
+func (r *sotwRequest) release() {
+	if r.bufp != nil {
+		requestBufs.Put(r.bufp)
+		r.bufp = nil
+	}
+}
+
 func (r *sotwRequest) decode(b []byte) error {
-	r.buf = b
 	var h maphash.Hash
 	h.SetSeed(namesSeed)
+	names := 0
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -232,7 +258,8 @@ func (r *sotwRequest) decode(b []byte) error {
 				return fmt.Errorf("node: %w", err)
 			}
 		case 3: // resource_names
-			r.names = append(r.names, v)
+			names++
+			r.hasStar = r.hasStar || string(v) == "*"
 			var l [binary.MaxVarintLen64]byte
 			h.Write(l[:binary.PutUvarint(l[:], uint64(len(v)))])
 			h.Write(v)
@@ -247,6 +274,6 @@ func (r *sotwRequest) decode(b []byte) error {
 			}
 		}
 	}
-	r.key = namesKey{n: len(r.names), sum: h.Sum64(), set: true}
+	r.key = namesKey{n: names, sum: h.Sum64(), set: true}
 	return nil
 }
