@@ -372,10 +372,23 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		}
 	}
 	first := true
+	encoded := map[string][]byte{} // Light: the encoded names of subscribed, by type
 	send := func(req *discoverypb.DiscoveryRequest) error {
 		if first {
 			req.Node = c.opts.Node
 			first = false
+		}
+		if c.opts.Light && req.Node == nil {
+			enc, ok := encoded[req.GetTypeUrl()]
+			if !ok {
+				enc = encodeNames(req.GetResourceNames())
+				encoded[req.GetTypeUrl()] = enc
+			}
+			b, err := encodeAck(enc, req)
+			if err != nil {
+				return err
+			}
+			return stream.SendMsg(&rawReq{b})
 		}
 		return stream.Send(req)
 	}
@@ -475,6 +488,7 @@ func (c *Client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		}
 		if dt != "" && !slices.Equal(names, subscribed[dt]) {
 			subscribed[dt] = names
+			delete(encoded, dt)
 			c.mu.Lock()
 			v := c.versions[dt]
 			// Envoy forgets what it no longer subscribes to.

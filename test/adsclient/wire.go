@@ -8,6 +8,7 @@ import (
 	protocodec "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -40,6 +41,49 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		return nil
 	}
 	return c.CodecV2.Unmarshal(data, v)
+}
+
+// rawReq is a request sent as it is encoded.
+type rawReq struct{ b []byte }
+
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(*rawReq); ok {
+		return mem.BufferSlice{mem.SliceBuffer(r.b)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+// encodeNames encodes a DiscoveryRequest's resource_names (field 3): a
+// state-of-the-world ACK repeats the names of the last request, so a Light
+// client encodes them once per subscription.
+func encodeNames(names []string) []byte {
+	var b []byte
+	for _, n := range names {
+		b = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), n)
+	}
+	return b
+}
+
+// encodeAck encodes an ACK (or NACK) after the encoded names.
+func encodeAck(names []byte, req *discoverypb.DiscoveryRequest) ([]byte, error) {
+	b := make([]byte, 0, len(names)+len(req.GetVersionInfo())+len(req.GetTypeUrl())+len(req.GetResponseNonce())+16)
+	b = append(b, names...)
+	for _, f := range []struct {
+		num protowire.Number
+		v   string
+	}{{1, req.GetVersionInfo()}, {4, req.GetTypeUrl()}, {5, req.GetResponseNonce()}} {
+		if f.v != "" {
+			b = protowire.AppendString(protowire.AppendTag(b, f.num, protowire.BytesType), f.v)
+		}
+	}
+	if req.GetErrorDetail() != nil {
+		d, err := proto.Marshal(req.GetErrorDetail())
+		if err != nil {
+			return nil, err
+		}
+		b = protowire.AppendBytes(protowire.AppendTag(b, 6, protowire.BytesType), d)
+	}
+	return b, nil
 }
 
 func newRawCodec() rawCodec { return rawCodec{encoding.GetCodecV2(protocodec.Name)} }

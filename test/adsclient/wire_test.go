@@ -6,6 +6,7 @@ import (
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -58,5 +59,26 @@ func TestWireDecodeMatchesProto(t *testing.T) {
 	}
 	if _, err := decodeDelta([]byte{0x12, 0x05, 0x01}); err == nil {
 		t.Error("decodeDelta accepted a truncated message")
+	}
+}
+
+// TestEncodedAckIsTheRequest checks that a Light client's encoded ACK
+// decodes as the request it stands for.
+func TestEncodedAckIsTheRequest(t *testing.T) {
+	for _, req := range []*discoverypb.DiscoveryRequest{
+		{VersionInfo: "v1", ResourceNames: []string{"a", "b"}, TypeUrl: resourcev3.EndpointType, ResponseNonce: "4"},
+		{TypeUrl: resourcev3.ListenerType, ResponseNonce: "5", ErrorDetail: &status.Status{Code: 3, Message: "no"}},
+	} {
+		b, err := encodeAck(encodeNames(req.GetResourceNames()), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got discoverypb.DiscoveryRequest
+		if err := proto.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(&got, req) {
+			t.Errorf("encoded ACK decodes as %v, want %v", &got, req)
+		}
 	}
 }
