@@ -60,10 +60,10 @@ func (d *dirPeer) Notes() []string {
 		layout = "one file per service (a change renames the changed services' files into place)"
 	}
 	source := "source: Bowline's file registry on a config directory, " + layout +
-		"; a change waits out the directory watch's 50 ms debounce and the catalog's 10 ms"
+		"; a renamed file is read after the directory watch's 5 ms of quiet, and the catalog's 10 ms debounce delays only a change that follows another"
 	switch d.kind {
 	case serveBowline:
-		return []string{"xds/controlplane wired as `bowline server` wires it (file registry only), its 10 ms debounce", source}
+		return []string{"xds/controlplane wired as `bowline server` wires it (file registry only), with its ADS streams (xds/server) and 10 ms debounce (between rebuilds)", source}
 	default:
 		return []string{"go-control-plane v0.14 SnapshotCache (ads=true) and serverv3: on each catalog snapshot, translate.Build for every connected proxy (shared between equal node metadata) and SetSnapshot, one version number for every type", source}
 	}
