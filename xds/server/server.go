@@ -1,10 +1,10 @@
-// Package server serves the translated configuration over xDS (ADS, both
-// state-of-the-world and delta) with go-control-plane. It follows the catalog
-// and the configuration, tracks every connected proxy (the versions it ACKed
-// per type, its last NACK), builds each proxy's resources with package
-// translate, checks them and hands them to the snapshot cache only when their
-// content changed. Proxies that would receive the same configuration share
-// one translation.
+// Package server serves the translated configuration over xDS: ADS, both
+// state-of-the-world and delta, on go-control-plane's types. It follows the
+// catalog and the configuration, tracks every connected proxy (the versions
+// it ACKed per type, its last NACK), builds each proxy's resources with
+// package translate, checks them and wakes the proxy's streams only when
+// their content changed. Proxies that would receive the same configuration
+// share one translation, and their streams one encoded response.
 package server
 
 import (
