@@ -21,7 +21,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&o.DataDir, "data-dir", envOr("BOWLINE_DATA_DIR", "./data"), "directory for state that must survive restarts (the CA)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
-	fs.DurationVar(&o.Debounce, "debounce", 10*time.Millisecond, "how long changes are gathered before proxies are updated")
+	fs.DurationVar(&o.Debounce, "debounce", 10*time.Millisecond, "least time between two rebuilds of the proxies' configuration: a change after a quiet period goes out at once, later ones within this time are gathered")
 	fs.BoolVar(&o.Check, "check", false, "validate every proxy configuration (ValidateAll and consistency) before serving it")
 	var sans multiFlag
 	fs.BoolVar(&o.XDSTLS, "xds-tls", envOr("BOWLINE_XDS_TLS", "") == "true", "serve xDS over TLS with a certificate from the mesh CA (clients trust `bowline ca roots`: bootstrap --xds-ca)")
