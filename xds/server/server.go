@@ -150,6 +150,8 @@ func (s *Server) Run(ctx context.Context, catalog CatalogFeed, cfg ConfigFeed) e
 		timer        *time.Timer
 		fire         <-chan time.Time
 		applied      time.Time
+		// lazy: the timer waits for the catalog (see cfgs below).
+		lazy bool
 	)
 	arm := func() {
 		if timer == nil {
@@ -173,19 +175,35 @@ func (s *Server) Run(ctx context.Context, catalog CatalogFeed, cfg ConfigFeed) e
 			for k := range snap.Changed {
 				changed[k] = struct{}{}
 			}
+			if lazy {
+				// The catalog brings what the configuration waited for.
+				timer.Stop()
+				timer, fire, lazy = nil, nil, false
+			}
 			arm()
 		case c := <-cfgs:
 			pendingCfg = c
 			// A change to the file registry's services alone reaches the
-			// proxies it concerns through the catalog; anything else in the
-			// configuration may concern every proxy.
+			// proxies it concerns through the catalog: the configuration
+			// waits for the catalog's snapshot (or the debounce), so that
+			// the snapshot, which follows within a millisecond, is not the
+			// change held back by a rebuild that changed nothing. Anything
+			// else in the configuration may concern every proxy.
 			if c.RulesVersion == "" || c.RulesVersion != rulesVersion {
 				all = true
+				if lazy {
+					timer.Stop()
+					timer, fire, lazy = nil, nil, false
+				}
+				arm()
+			} else if timer == nil {
+				since = time.Now()
+				timer = time.NewTimer(s.opts.Debounce)
+				fire, lazy = timer.C, true
 			}
 			rulesVersion = c.RulesVersion
-			arm()
 		case <-fire:
-			timer, fire = nil, nil
+			timer, fire, lazy = nil, nil, false
 			s.apply(pendingSnap, pendingCfg, changed, all, since)
 			applied = time.Now()
 			pendingSnap, pendingCfg, all = nil, nil, false
