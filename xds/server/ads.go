@@ -7,6 +7,8 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -75,13 +77,18 @@ type adsStream struct {
 	id    int64
 	delta bool
 	gs    grpc.ServerStream
-	wake  chan struct{}
 	// nodeID and p are set on the first request, under s.mu.
 	nodeID string
 	p      *proxy
-	// types is the stream's state per type, owned by its goroutine.
-	types  []*typeState
-	nonces uint64
+	// pending: a goroutine is on its way to flush (poke).
+	pending atomic.Bool
+	// mu serializes the handling of requests and the sending of responses;
+	// the fields below are under it.
+	mu      sync.Mutex
+	types   []*typeState
+	nonces  uint64
+	closed  bool
+	sendErr error
 }
 
 // typeState is a stream's state for one type.
@@ -136,71 +143,67 @@ func (r request) node() *core.Node {
 	return r.sotw.GetNode()
 }
 
-// poke wakes the stream to look for something to send.
+// poke has the stream look for something to send, on a goroutine of its
+// own: a stream's goroutine waits for requests, and a thousand idle
+// proxies need no second goroutine each.
 func (st *adsStream) poke() {
-	select {
-	case st.wake <- struct{}{}:
-	default:
+	if st.pending.CompareAndSwap(false, true) {
+		go func() {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			st.pending.Store(false)
+			if st.closed || st.sendErr != nil {
+				return
+			}
+			st.sendErr = st.flush() // the stream's goroutine returns it
+		}()
 	}
 }
 
 // serve runs one stream until the client ends it or it fails.
 func (s *Server) serve(gs grpc.ServerStream, delta bool) error {
-	ctx := gs.Context()
-	st := &adsStream{s: s, delta: delta, gs: gs, wake: make(chan struct{}, 1), types: make([]*typeState, nTypes)}
+	st := &adsStream{s: s, delta: delta, gs: gs, types: make([]*typeState, nTypes)}
 	s.mu.Lock()
 	s.nextStream++
 	st.id = s.nextStream
 	s.streams[st.id] = st
 	s.mu.Unlock()
 	defer s.closeStream(st)
-
-	reqs := make(chan request, 4)
-	errc := make(chan error, 1)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			var r request
-			var err error
-			if delta {
-				r.delta = new(discoverypb.DeltaDiscoveryRequest)
-				err = gs.RecvMsg(r.delta)
-			} else {
-				r.sotw = new(sotwRequest) // read by codec (wire.go)
-				err = gs.RecvMsg(r.sotw)
-			}
-			if err != nil {
-				errc <- err
-				return
-			}
-			select {
-			case reqs <- r:
-			case <-done:
-				return
-			}
-		}
+	defer func() {
+		// No send once the handler has returned.
+		st.mu.Lock()
+		st.closed = true
+		st.mu.Unlock()
 	}()
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-errc:
+		var r request
+		var err error
+		if delta {
+			r.delta = new(discoverypb.DeltaDiscoveryRequest)
+			err = gs.RecvMsg(r.delta)
+		} else {
+			r.sotw = new(sotwRequest) // read by codec (wire.go)
+			err = gs.RecvMsg(r.sotw)
+		}
+		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
-		case r := <-reqs:
-			err := st.handle(r)
-			if r.sotw != nil {
-				r.sotw.release() // nothing keeps its names (handleSotW copies them)
-			}
-			if err != nil {
-				return err
-			}
-		case <-st.wake:
 		}
-		if err := st.flush(); err != nil {
+		st.mu.Lock()
+		err = st.sendErr
+		if err == nil {
+			err = st.handle(r)
+		}
+		if r.sotw != nil {
+			r.sotw.release() // nothing keeps its names (handleSotW copies them)
+		}
+		if err == nil {
+			err = st.flush()
+		}
+		st.mu.Unlock()
+		if err != nil {
 			return err
 		}
 	}
