@@ -220,3 +220,69 @@ func BenchmarkConnect(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFanOut: N connected sidecars that receive every service (and so
+// share one outbound part); an op is a change to one service's endpoints (or
+// to every service's) until every proxy has applied and ACKed it. The
+// clients' work (in-memory connections, Light decoding) is included; the
+// harness under bench/ measures the same over TCP with the server in a
+// process of its own.
+func BenchmarkFanOut(b *testing.B) {
+	const n, s, e = 1000, 1000, 10
+	for _, p := range protocols() {
+		for _, every := range []bool{false, true} {
+			name := "one-service"
+			if every {
+				name = "every-service"
+			}
+			b.Run(fmt.Sprintf("%s/%s/N=%d/S=%d/E=%d", name, p.name, n, s, e), func(b *testing.B) {
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				bs := newBenchServer(b, s, e)
+				eds := make(chan int, 4*n)
+				for i := range n {
+					bs.connectTo(b, ctx, fmt.Sprintf("fan-%d", i), p.delta, eds)
+				}
+				waitEDS(b, ctx, eds, n*s)
+				all := make([]int, s)
+				for k := range all {
+					all[k] = k
+				}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if every {
+						bs.change(all)
+						waitEDS(b, ctx, eds, n*s)
+					} else {
+						bs.change([]int{i % s})
+						waitEDS(b, ctx, eds, n)
+					}
+					i++
+				}
+			})
+		}
+	}
+}
+
+// connectTo starts a simulated Envoy that reports, on eds, the number of
+// ClusterLoadAssignments each applied EDS response changed.
+func (bs *benchServer) connectTo(b *testing.B, ctx context.Context, id string, delta bool, eds chan<- int) {
+	b.Helper()
+	conn, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return bs.lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := adsclient.New(adsclient.Options{Node: sidecarAllServices(b, id), Delta: delta, Light: true, OnApplied: func(a adsclient.Applied) {
+		if a.TypeURL == resourcev3.EndpointType && len(a.Changed) > 0 {
+			eds <- len(a.Changed)
+		}
+	}})
+	go func() {
+		_ = c.Run(ctx, conn)
+		conn.Close()
+	}()
+}
