@@ -14,6 +14,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/bowlinemesh/bowline/test/registrytest"
 	"github.com/bowlinemesh/bowline/xds/server"
 )
 
@@ -79,16 +80,16 @@ func (d *dirPeer) Launch(ctx context.Context, w Workload, gens []int32) error {
 	if err := os.MkdirAll(d.cfgDir, 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(d.cfgDir, "mesh.hcl"), []byte("mesh {\n  trust_domain = \"bowline.local\"\n}\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(d.cfgDir, "mesh.hcl"), []byte(registrytest.MeshHCL), 0o644); err != nil {
 		return err
 	}
 	if d.opts.FilesPerService {
 		for k := range w.Services {
-			if err := d.writeFile(d.serviceFile(k), d.serviceHCL(k)); err != nil {
+			if err := registrytest.Rename(registrytest.File{Name: d.serviceFile(k), Content: []byte(d.serviceHCL(k))}); err != nil {
 				return err
 			}
 		}
-	} else if err := d.writeFile(filepath.Join(d.cfgDir, "services.hcl"), d.allHCL()); err != nil {
+	} else if err := registrytest.Rename(registrytest.File{Name: filepath.Join(d.cfgDir, "services.hcl"), Content: []byte(d.allHCL())}); err != nil {
 		return err
 	}
 	for _, p := range []*int{&d.xdsPort, &d.admPort, &d.dbgPort} {
@@ -105,17 +106,7 @@ func (d *dirPeer) serviceFile(k int) string {
 }
 
 func (d *dirPeer) serviceHCL(k int) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "service %q {\n  protocol = \"tcp\"\n", ServiceName(k))
-	for j := range d.w.Endpoints {
-		port := AppPort
-		if j == d.w.Marker() {
-			port = MarkerBase + int(d.gens[k])
-		}
-		fmt.Fprintf(&b, "  endpoint {\n    address = %q\n    port    = %d\n  }\n", EndpointAddress(k, j), port)
-	}
-	b.WriteString("}\n")
-	return b.String()
+	return registrytest.ServiceHCL(k, d.w.Endpoints, int(d.gens[k]))
 }
 
 func (d *dirPeer) allHCL() string {
@@ -124,16 +115,6 @@ func (d *dirPeer) allHCL() string {
 		b.WriteString(d.serviceHCL(k))
 	}
 	return b.String()
-}
-
-// writeFile writes a file next to its destination under a name the config
-// directory ignores (a leading dot), then renames it into place.
-func (d *dirPeer) writeFile(path, content string) error {
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func (d *dirPeer) Change(ctx context.Context, ks []int, gens []int32) (time.Time, error) {

@@ -3,6 +3,8 @@ package xdsbench
 import (
 	"fmt"
 	"strings"
+
+	"github.com/bowlinemesh/bowline/test/registrytest"
 )
 
 // Workload is one benchmark point: Proxies simulated Envoys, each of which
@@ -38,15 +40,15 @@ func (w Workload) Validate() error {
 // service bumps its generation, and a proxy has applied the change when the
 // ClusterLoadAssignment it holds carries the new port.
 const (
-	AppPort     = 8080  // the application behind each endpoint
-	SidecarPort = 21000 // the sidecar of each endpoint (Consul: the EDS port)
-	MarkerBase  = 30000
+	AppPort     = registrytest.AppPort // the application behind each endpoint
+	SidecarPort = 21000                // the sidecar of each endpoint (Consul: the EDS port)
+	MarkerBase  = registrytest.MarkerBase
 	// MaxGeneration keeps marker ports below 65536.
 	MaxGeneration = 65535 - MarkerBase
 )
 
 // ServiceName names service k.
-func ServiceName(k int) string { return fmt.Sprintf("svc-%04d", k) }
+func ServiceName(k int) string { return registrytest.ServiceName(k) }
 
 // ServiceIndex reads the service index out of a resource name that contains
 // a service name ("default/svc-0001", "svc-0001.default.dc1.internal.<id>.consul"),
@@ -71,9 +73,7 @@ func ServiceIndex(name string) int {
 }
 
 // EndpointAddress is the address of endpoint j of service k.
-func EndpointAddress(k, j int) string {
-	return fmt.Sprintf("10.%d.%d.%d", k/256, k%256, j+1)
-}
+func EndpointAddress(k, j int) string { return registrytest.EndpointAddress(k, j) }
 
 // ProxyService is the service proxy i fronts, and ProxyInstance which of its
 // endpoints it is.

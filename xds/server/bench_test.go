@@ -120,25 +120,31 @@ func sidecarAllServices(b *testing.B, id string) *core.Node {
 // waiting for the first s of them.
 func (bs *benchServer) connect(b *testing.B, ctx context.Context, id string, delta bool, s int) <-chan int {
 	b.Helper()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return bs.lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
-	if err != nil {
-		b.Fatal(err)
-	}
 	eds := make(chan int, 1024)
-	c := adsclient.New(adsclient.Options{Node: sidecarAllServices(b, id), Delta: delta, Light: true, OnApplied: func(a adsclient.Applied) {
-		if a.TypeURL == resourcev3.EndpointType && len(a.Changed) > 0 {
-			eds <- len(a.Changed)
-		}
-	}})
-	go func() {
-		_ = c.Run(ctx, conn)
-		conn.Close()
-	}()
+	bs.connectTo(b, ctx, id, delta, eds)
 	waitEDS(b, ctx, eds, s)
 	return eds
+}
+
+// loopChanges runs the benchmark's ops: a change to one service (in turn)
+// or to every service, until each of the proxies reporting on eds has
+// applied it.
+func (bs *benchServer) loopChanges(b *testing.B, ctx context.Context, eds <-chan int, every bool, proxies int) {
+	s := len(bs.gens)
+	all := make([]int, s)
+	for k := range all {
+		all[k] = k
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if every {
+			bs.change(all)
+			waitEDS(b, ctx, eds, proxies*s)
+		} else {
+			bs.change([]int{i % s})
+			waitEDS(b, ctx, eds, proxies)
+		}
+	}
 }
 
 // waitEDS waits until n ClusterLoadAssignments have changed.
@@ -181,22 +187,7 @@ func BenchmarkPush(b *testing.B) {
 				defer cancel()
 				bs := newBenchServer(b, s, e)
 				eds := bs.connect(b, ctx, "bench-1", p.delta, s)
-				all := make([]int, s)
-				for k := range all {
-					all[k] = k
-				}
-				b.ReportAllocs()
-				i := 0
-				for b.Loop() {
-					if every {
-						bs.change(all)
-						waitEDS(b, ctx, eds, s)
-					} else {
-						bs.change([]int{i % s})
-						waitEDS(b, ctx, eds, 1)
-					}
-					i++
-				}
+				bs.loopChanges(b, ctx, eds, every, 1)
 			})
 		}
 	}
@@ -244,22 +235,7 @@ func BenchmarkFanOut(b *testing.B) {
 					bs.connectTo(b, ctx, fmt.Sprintf("fan-%d", i), p.delta, eds)
 				}
 				waitEDS(b, ctx, eds, n*s)
-				all := make([]int, s)
-				for k := range all {
-					all[k] = k
-				}
-				b.ReportAllocs()
-				i := 0
-				for b.Loop() {
-					if every {
-						bs.change(all)
-						waitEDS(b, ctx, eds, n*s)
-					} else {
-						bs.change([]int{i % s})
-						waitEDS(b, ctx, eds, n)
-					}
-					i++
-				}
+				bs.loopChanges(b, ctx, eds, every, n)
 			})
 		}
 	}
